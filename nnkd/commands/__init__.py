@@ -1,0 +1,1 @@
+"""`nnkd` sub-commands: each module with `register(subparsers)` is discovered by nnkd.cli."""

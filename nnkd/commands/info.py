@@ -1,0 +1,76 @@
+"""`nnkd env`, `nnkd trainers`, `nnkd plugins`: set-up line and what is registered."""
+from __future__ import annotations
+
+import os
+
+from nnkd.hooks import KINDS, get_plugin_manager, registry
+
+SHIM_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nnunet_ext")
+NNUNET_PATH_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def ext_trainer_value(current: str | None = None) -> str:
+    """``nnUNet_extTrainer`` with nnkd's shim folder first (existing entries kept)."""
+    current = os.environ.get("nnUNet_extTrainer", "") if current is None else current
+    parts = [p for p in current.split(os.pathsep) if p and os.path.abspath(p) != SHIM_FOLDER]
+    return os.pathsep.join([SHIM_FOLDER] + parts)
+
+
+def workspace_env(workspace: str) -> dict:
+    ws = os.path.abspath(workspace)
+    return {"nnUNet_raw": os.path.join(ws, "nnUNet_raw"),
+            "nnUNet_preprocessed": os.path.join(ws, "nnUNet_preprocessed"),
+            "nnUNet_results": os.path.join(ws, "nnUNet_results")}
+
+
+def _env(args) -> int:
+    import shlex
+
+    values = {"nnUNet_extTrainer": ext_trainer_value()}
+    if args.workspace:
+        values.update(workspace_env(args.workspace))
+        for path in list(values.values())[1:]:
+            os.makedirs(path, exist_ok=True)
+    for k, v in values.items():
+        print(f"export {k}={shlex.quote(v)}")
+    missing = [k for k in NNUNET_PATH_VARS if k not in values and not os.environ.get(k)]
+    if missing:
+        print(f"# not set: {', '.join(missing)} (nnU-Net needs them; `nnkd env --workspace DIR` sets all three)")
+    return 0
+
+
+def _trainers(args) -> int:
+    reg = registry("trainers")
+    width = max(len(n) for n in reg)
+    for name, (cls, plugin) in sorted(reg.items()):
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:<{width}}  {doc[0] if doc else ''}" + (f"  [{plugin}]" if plugin != "nnkd.builtin" else ""))
+    if os.path.abspath(SHIM_FOLDER) not in [os.path.abspath(p) for p in
+                                            os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]:
+        print('\nnnUNetv2_train finds these once you run:  eval "$(nnkd env)"')
+    return 0
+
+
+def _plugins(args) -> int:
+    pm = get_plugin_manager()
+    for name, plugin in pm.list_name_plugin():
+        source = getattr(plugin, "__file__", None) or repr(plugin)
+        dist = next((d for p, d in pm.list_plugin_distinfo() if p is plugin), None)
+        origin = f"{dist.project_name} {dist.version}" if dist else "built-in"
+        print(f"{name}  ({origin}; {source})")
+        for kind in KINDS:
+            names = sorted(n for n, (_, owner) in registry(kind).items() if owner == name)
+            if names:
+                print(f"  {kind}: {', '.join(names)}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("env", help="print the shell lines that let nnUNetv2_train find nnkd trainers",
+                       description='Usage: eval "$(nnkd env)"  (or add the printed lines to your shell profile)')
+    p.add_argument("--workspace", help="also set nnUNet_raw/_preprocessed/_results under this folder (created)")
+    p.set_defaults(func=_env)
+    p = sub.add_parser("trainers", help="list nnkd trainers (built-in and from plugins)")
+    p.set_defaults(func=_trainers)
+    p = sub.add_parser("plugins", help="list registered plugins and what each provides")
+    p.set_defaults(func=_plugins)

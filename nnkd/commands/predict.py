@@ -1,0 +1,123 @@
+"""`nnkd predict`: class probabilities (and segmentations) for a folder of raw images."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Dict, List
+
+from nnkd.errors import NNKDError
+
+
+def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) -> Dict[str, List[str]]:
+    """{case id: [file per channel]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors name the case."""
+    if not os.path.isdir(folder):
+        raise NNKDError(f"input folder not found: {folder}")
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    found: Dict[str, Dict[int, str]] = {}
+    for name in sorted(os.listdir(folder)):
+        m = pattern.match(name)
+        if m:
+            found.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(folder, name)
+    if not found:
+        raise NNKDError(f"{folder}: no images named CASE_XXXX{file_ending} (nnU-Net naming)")
+    n = len(channel_names)
+    expected = ", ".join(f"_{int(k):04d}={v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))
+    cases = {}
+    for case, files in found.items():
+        missing = [c for c in range(n) if c not in files]
+        extra = sorted(set(files) - set(range(n)))
+        if missing:
+            raise NNKDError(f"case {case}: missing channel file(s) "
+                            f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; "
+                            f"the model reads {n} channel(s): {expected}")
+        if extra:
+            raise NNKDError(f"case {case}: wrong channel count: files for channel(s) {extra} exist but the model "
+                            f"reads {n} channel(s): {expected}")
+        cases[case] = [files[c] for c in range(n)]
+    return cases
+
+
+def predict_folder(input_folder: str, output_folder: str, model_folder: str, folds=None,
+                   checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
+                   save_probabilities: bool = False, progress: bool = True) -> str:
+    """Predict every case of ``input_folder``; returns the path of ``classification.csv``."""
+    import numpy as np
+    import torch
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from tqdm import tqdm
+
+    from nnkd.commands.info import ext_trainer_value
+    from nnkd.evaluation.predictions import write_prediction_csv
+    from nnkd.inference import ClassProbabilityCollector, predict_case
+    from nnkd.nets.network import NNKDNetwork
+
+    if not os.path.isfile(os.path.join(model_folder, "plans.json")):
+        raise NNKDError(f"{model_folder} is not an nnU-Net model folder (no plans.json)")
+    os.environ["nnUNet_extTrainer"] = ext_trainer_value()  # nnU-Net looks the trainer class up by name
+    dev = torch.device(device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    try:
+        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=checkpoint)
+    except FileNotFoundError as e:
+        raise NNKDError(f"{model_folder}: {e}") from None
+    if not isinstance(predictor.network, NNKDNetwork):
+        raise NNKDError(f"{model_folder} holds no nnkd classification network "
+                        f"(trainer {predictor.trainer_name}); train it with an nnKDTrainer* classification trainer")
+    class_names = predictor.plans_manager.plans["nnkd"]["class_names"]
+    predictor.network = ClassProbabilityCollector(predictor.network)
+    dataset_json = predictor.dataset_json
+    cases = _find_cases(input_folder, dataset_json["file_ending"], dataset_json["channel_names"])
+    os.makedirs(output_folder, exist_ok=True)
+    preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+    ids, probs = [], []
+    for case, files in tqdm(cases.items(), desc="nnkd predict", unit="case", disable=not progress):
+        try:
+            data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                   predictor.configuration_manager, dataset_json)
+        except Exception as e:  # readers raise many types; name the case
+            raise NNKDError(f"case {case}: cannot read {', '.join(map(os.path.basename, files))}: {e}") from None
+        with torch.no_grad():
+            logits, p = predict_case(predictor, torch.from_numpy(np.ascontiguousarray(data)).float(), ensemble=True)
+        with tempfile.TemporaryDirectory(dir=output_folder, prefix=".tmp_") as tmp:
+            # nnU-Net's exporter writes in place; export into a temporary folder and move.
+            export_prediction_from_logits(logits, props, predictor.configuration_manager, predictor.plans_manager,
+                                          dataset_json, os.path.join(tmp, case), save_probabilities)
+            for name in os.listdir(tmp):
+                shutil.move(os.path.join(tmp, name), os.path.join(output_folder, name))
+        ids.append(case)
+        probs.append(p.numpy())
+    csv = os.path.join(output_folder, "classification.csv")
+    write_prediction_csv(csv, ids, np.stack(probs), class_names)
+    return csv
+
+
+def _parse_folds(folds):
+    if folds is None:
+        return None
+    return tuple(f if f == "all" else int(f) for f in folds)
+
+
+def _predict(args) -> int:
+    csv = predict_folder(args.i, args.o, args.m, _parse_folds(args.f), args.chk, args.device,
+                         args.save_probabilities)
+    print(f"class probabilities: {csv}\nsegmentations: {args.o}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict case classes (and segmentations) with an nnkd model folder",
+                       description="nnU-Net preprocessing and sliding window; the class probability of a case is the "
+                                   "mean softmax over all windows, mirrors and folds.")
+    p.add_argument("-i", required=True, help="folder of images named CASE_XXXX<ending> (the model's channels only)")
+    p.add_argument("-o", required=True, help="output folder (classification.csv + segmentations)")
+    p.add_argument("-m", required=True, help="model folder: nnUNet_results/DatasetX/<Trainer>__<plans>__<config>")
+    p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: all fold_* present)")
+    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
+    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
+    p.add_argument("--save-probabilities", action="store_true", help="also write segmentation softmax (.npz)")
+    p.set_defaults(func=_predict)

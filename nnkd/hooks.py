@@ -1,0 +1,133 @@
+"""Plugin system: pluggy hook specifications and the process-wide plugin manager.
+
+Built-in losses, trainers, teacher loaders and transforms are registered through
+:mod:`nnkd.builtin_plugin`, exactly like a third-party plugin. External plugins are found
+through the ``nnkd`` entry-point group::
+
+    [project.entry-points.nnkd]
+    my_plugin = "my_package.nnkd_plugin"
+
+Each ``nnkd_register_*`` hook returns a ``{name: factory}`` mapping; names must be unique
+across plugins.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, List, Tuple
+
+import pluggy
+
+PROJECT = "nnkd"
+ENTRY_POINT_GROUP = "nnkd"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+KINDS = ("losses", "trainers", "teacher_loaders", "transforms")
+
+
+class NNKDSpec:
+    """Hook specifications. A plugin implements any subset with ``@hookimpl``."""
+
+    @hookspec
+    def nnkd_register_losses(self) -> Dict[str, Callable[..., Any]]:
+        """Return ``{name: factory}`` of distillation/task losses.
+
+        ``factory(**params)`` must return an ``nn.Module`` whose ``forward`` returns a scalar
+        tensor or a ``{term: scalar tensor}`` dict (every term is logged; their sum is the
+        loss). ``params`` come from the distillation plan's ``losses[i].params``.
+        """
+
+    @hookspec
+    def nnkd_register_trainers(self) -> Dict[str, type]:
+        """Return ``{class name: trainer class}``.
+
+        Each class must subclass ``nnunetv2...nnUNetTrainer``, keep its constructor
+        signature, and be importable by module path (so it pickles). The name must equal
+        ``cls.__name__``: it is what users pass to ``nnUNetv2_train -tr``. The class
+        docstring's first line is shown by ``nnkd trainers``.
+        """
+
+    @hookspec
+    def nnkd_register_teacher_loaders(self) -> Dict[str, Callable[..., Any]]:
+        """Return ``{kind: loader}`` for teacher models.
+
+        ``loader(spec: dict, device: torch.device)`` receives one ``teachers[i]`` entry of the
+        plan and returns a frozen ``nn.Module`` in eval mode (no parameter requires grad)
+        plus a metadata dict (at least ``sha256`` of the weights file).
+        """
+
+    @hookspec
+    def nnkd_register_transforms(self) -> Dict[str, Callable[..., Any]]:
+        """Return ``{name: factory}`` of data transforms.
+
+        ``factory(**params)`` returns a batchgeneratorsv2 ``BasicTransform`` operating on one
+        sample's ``{'image': (C, *spatial) tensor, 'segmentation': ...}`` dict.
+        """
+
+
+class UnknownNameError(KeyError):
+    """A registry lookup for a name nobody registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return self.args[0]
+
+
+@functools.lru_cache(maxsize=None)
+def get_plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager: built-ins plus entry-point plugins, validated."""
+    pm = pluggy.PluginManager(PROJECT)
+    pm.add_hookspecs(NNKDSpec)
+    from nnkd import builtin_plugin
+
+    pm.register(builtin_plugin, name="nnkd.builtin")
+    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    # A misspelled hook implementation (nnkd_register_loss, ...) fails here, at start-up.
+    pm.check_pending()
+    return pm
+
+
+def reset_plugin_manager() -> None:
+    """Forget the cached manager and registries (tests; after installing a plugin)."""
+    get_plugin_manager.cache_clear()
+    registry.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)
+def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
+    """``{name: (factory, plugin name)}`` for one kind of registered object."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown registry kind {kind!r}; known: {', '.join(KINDS)}")
+    pm = get_plugin_manager()
+    hook = getattr(pm.hook, f"nnkd_register_{kind}")
+    out: Dict[str, Tuple[Callable[..., Any], str]] = {}
+    for impl in hook.get_hookimpls():
+        mapping = impl.function() or {}
+        for name, obj in mapping.items():
+            if name in out:
+                raise ValueError(
+                    f"{kind[:-1]} {name!r} is registered twice: by {out[name][1]} and by {impl.plugin_name}")
+            out[name] = (obj, impl.plugin_name)
+    return out
+
+
+def lookup(kind: str, name: str) -> Callable[..., Any]:
+    """The factory registered as ``name``; an unknown name lists the known ones."""
+    reg = registry(kind)
+    if name not in reg:
+        known = ", ".join(sorted(reg)) or "(none)"
+        raise UnknownNameError(f"unknown {kind[:-1].replace('_', ' ')} {name!r}; known: {known}")
+    return reg[name][0]
+
+
+def list_names(kind: str) -> List[str]:
+    return sorted(registry(kind))
+
+
+def build_loss(name: str, **params: Any):
+    """Instantiate the loss registered as ``name`` with the plan's ``params``."""
+    factory = lookup("losses", name)
+    try:
+        return factory(**params)
+    except TypeError as e:
+        raise TypeError(f"loss {name!r}: bad params {params}: {e}") from None

@@ -1,0 +1,37 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, env=None, check=True, cwd=None):
+    """Run a console command in a subprocess; returns CompletedProcess (text)."""
+    full_env = dict(os.environ, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0", nnUNet_compile="0",
+                    OMP_NUM_THREADS="1", MPLBACKEND="agg")
+    full_env.update(env or {})
+    p = subprocess.run(args, env=full_env, capture_output=True, text=True, cwd=cwd)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} failed ({p.returncode}):\nSTDOUT\n{p.stdout[-4000:]}\nSTDERR\n{p.stderr[-4000:]}")
+    return p
+
+
+def nnkd_cli(*args, **kw):
+    return run_cli([sys.executable, "-m", "nnkd.cli", *map(str, args)], **kw)
+
+
+@pytest.fixture
+def nnunet_env(tmp_path, monkeypatch):
+    """Fresh nnUNet_raw/_preprocessed/_results under tmp_path, exported for this process and children."""
+    from nnkd.commands.info import ext_trainer_value, workspace_env
+
+    env = workspace_env(str(tmp_path / "ws"))
+    for k, v in env.items():
+        os.makedirs(v, exist_ok=True)
+        monkeypatch.setenv(k, v)
+    env["nnUNet_extTrainer"] = ext_trainer_value("")
+    monkeypatch.setenv("nnUNet_extTrainer", env["nnUNet_extTrainer"])
+    monkeypatch.delenv("NNKD_PLAN", raising=False)
+    return env

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+
+from nnkd.errors import NNKDError
+from nnkd.plan import (DEFAULTS, PLAN_ENV, check_registered_names, load_plan, resolve_channels, resolve_plan,
+                       validate_plan)
+
+
+def test_defaults_fill_in_and_round_trip():
+    plan = validate_plan({"name": "x", "schedule": {"num_epochs": 2}})
+    assert plan["network"] == DEFAULTS["network"]
+    assert plan["schedule"] == {"num_epochs": 2}
+    assert validate_plan(json.loads(json.dumps(plan))) == plan
+
+
+@pytest.mark.parametrize("raw, field", [
+    ({"nmae": "x"}, "nmae"),
+    ({"schedule": {"num_epoch": 3}}, "schedule.num_epoch"),
+    ({"schedule": {"num_epochs": 0}}, "schedule.num_epochs"),
+    ({"schedule": {"num_epochs": 1.5}}, "schedule.num_epochs"),
+    ({"classification": {"weight": "1"}}, "classification.weight"),
+    ({"classification": {"select_best_by": "loss"}}, "classification.select_best_by"),
+    ({"modality_dropout": {"p": 1.5}}, "modality_dropout.p"),
+    ({"teachers": [{"fold": 0}]}, "teachers[0].model_folder"),
+    ({"teachers": [{"model_folder": "a", "paired": False}]}, "teachers[0].dataset"),
+    ({"teachers": [{"model_folder": "a", "fold": "best"}]}, "teachers[0].fold"),
+    ({"teachers": [{"model_folder": "a", "name": "t"}, {"model_folder": "b", "name": "t"}]}, "teachers[1].name"),
+    ({"losses": [{"name": "logit_kd", "wieght": 1}]}, "losses[0].wieght"),
+    ({"student": {"channels": [0, 1.5]}}, "student.channels[1]"),
+    ({"network": {"cbam": 1}}, "network.cbam"),
+])
+def test_bad_fields_are_named(raw, field):
+    with pytest.raises(NNKDError) as e:
+        validate_plan(raw, source="p.json")
+    assert f"p.json: field '{field}'" in str(e.value)
+
+
+def test_unknown_registered_names_list_known():
+    plan = validate_plan({"losses": [{"name": "logit_kdd"}]})
+    with pytest.raises(NNKDError) as e:
+        check_registered_names(plan, "p.json")
+    msg = str(e.value)
+    assert "losses[0].name" in msg and "'logit_kdd'" in msg and "logit_kd" in msg.split("known:")[1]
+
+
+def test_load_plan_errors(tmp_path):
+    with pytest.raises(NNKDError, match="not found"):
+        load_plan(str(tmp_path / "none.json"))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(NNKDError, match="bad.json: not valid JSON"):
+        load_plan(str(bad))
+
+
+def test_resolution_order(tmp_path, monkeypatch):
+    fold, pre = tmp_path / "fold_0", tmp_path / "pre"
+    fold.mkdir()
+    pre.mkdir()
+    monkeypatch.delenv(PLAN_ENV, raising=False)
+    plan, src = resolve_plan(str(fold), str(pre), {"name": "builtin"}, continuing=False)
+    assert (plan["name"], src) == ("builtin", "built-in defaults")
+    (pre / "nnkd_plan.json").write_text(json.dumps({"name": "dataset"}))
+    assert resolve_plan(str(fold), str(pre), None, False)[0]["name"] == "dataset"
+    env_plan = tmp_path / "env.json"
+    env_plan.write_text(json.dumps({"name": "env"}))
+    monkeypatch.setenv(PLAN_ENV, str(env_plan))
+    assert resolve_plan(str(fold), str(pre), None, False)[0]["name"] == "env"
+    # an earlier run of this fold: authoritative for --c and (without NNKD_PLAN) for --val
+    (fold / "nnkd_plan.json").write_text(json.dumps(validate_plan({"name": "previous"})))
+    assert resolve_plan(str(fold), str(pre), None, False)[0]["name"] == "env"  # fresh run: env wins
+    with pytest.raises(NNKDError, match="different plan"):
+        resolve_plan(str(fold), str(pre), None, continuing=True)
+    monkeypatch.delenv(PLAN_ENV)
+    assert resolve_plan(str(fold), str(pre), None, continuing=True)[0]["name"] == "previous"
+    assert resolve_plan(str(fold), str(pre), None, continuing=False)[0]["name"] == "previous"
+
+
+def test_resolve_channels():
+    names = {"0": "CT", "1": "FDG", "2": "ACE"}
+    assert resolve_channels(None, names, "f") == [0, 1, 2]
+    assert resolve_channels(["CT", 2], names, "f") == [0, 2]
+    with pytest.raises(NNKDError, match="teachers\\[0\\].channels: channel 'PET' does not exist.*0=CT"):
+        resolve_channels(["PET"], names, "teachers[0].channels")
+    with pytest.raises(NNKDError, match="channel 3 does not exist"):
+        resolve_channels([3], names, "f")

@@ -1,0 +1,85 @@
+"""Plugins through the real entry-point group, in fresh interpreters."""
+import os
+import sys
+import textwrap
+
+from conftest import nnkd_cli, run_cli
+
+PLUGIN = '''
+import torch
+from nnkd.hooks import hookimpl
+from nnkd.trainers import nnKDTrainerCls
+
+
+class nnKDTrainerFromPlugin(nnKDTrainerCls):
+    """A trainer that a third-party plugin provides."""
+
+
+class ZeroLoss(torch.nn.Module):
+    def forward(self, student, teachers, batch):
+        return student.logits.sum() * 0
+
+
+@hookimpl
+def nnkd_register_trainers():
+    return {"nnKDTrainerFromPlugin": nnKDTrainerFromPlugin}
+
+
+@hookimpl
+def nnkd_register_losses():
+    return {"zero": ZeroLoss}
+'''
+
+
+def _install_plugin(tmp_path, source, name="nnkd_test_plugin"):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / f"{name}.py").write_text(source)
+    dist = site / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[nnkd]\n{name} = {name}\n")
+    return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_plugin_found_listed_and_used(tmp_path, nnunet_env):
+    env = dict(nnunet_env, **_install_plugin(tmp_path, PLUGIN))
+    out = nnkd_cli("plugins", env=env).stdout
+    assert "nnkd_test_plugin" in out and "nnkd-test-plugin 1.0" in out.replace("_", "-") and "zero" in out
+    assert "nnKDTrainerFromPlugin" in nnkd_cli("trainers", env=env).stdout
+    # nnU-Net's own lookup, through the shim folder, finds built-in and plugin trainers; they pickle.
+    code = textwrap.dedent("""
+        import pickle
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
+        for name in ("nnKDTrainer", "nnKDTrainerCls", "nnKDTrainerFromPlugin"):
+            cls = find(name)
+            assert cls.__name__ == name and pickle.loads(pickle.dumps(cls)) is cls, name
+        from nnkd.hooks import build_loss
+        assert type(build_loss("zero")).__name__ == "ZeroLoss"
+        print("OK")
+    """)
+    assert run_cli([sys.executable, "-c", code], env=env).stdout.strip().endswith("OK")
+
+
+def test_misspelled_hook_fails_at_startup(tmp_path, nnunet_env):
+    bad = "from nnkd.hooks import hookimpl\n\n@hookimpl\ndef nnkd_register_loss():\n    return {}\n"
+    env = dict(nnunet_env, **_install_plugin(tmp_path, bad, "nnkd_bad_plugin"))
+    p = nnkd_cli("plugins", env=env, check=False)
+    assert p.returncode != 0 and "nnkd_register_loss" in p.stderr
+
+
+def test_unknown_name_lists_known():
+    import pytest
+    from nnkd.hooks import UnknownNameError, build_loss
+
+    with pytest.raises(UnknownNameError) as e:
+        build_loss("no_such_loss")
+    assert "unknown loss 'no_such_loss'; known:" in str(e.value) and "logit_kd" in str(e.value)
+
+
+def test_nnunet_does_not_find_trainers_without_env(nnunet_env):
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
+            "f('nnKDTrainerCls')")
+    p = run_cli([sys.executable, "-c", code], env={"nnUNet_extTrainer": ""}, check=False)
+    assert p.returncode != 0  # documents why `eval "$(nnkd env)"` is needed
+    assert "export nnUNet_extTrainer=" in nnkd_cli("env").stdout
