@@ -12,7 +12,9 @@ Contract for every registered loss (see also :mod:`nnkd.hooks`):
   ``class_target`` (B,) long, ``seg_target`` (B, 1, *spatial) long at full patch resolution,
   ``teacher_class_target`` / ``teacher_seg_target`` (one entry per teacher; the student's
   own tensors in the paired setting) and ``epoch`` (int).
-* Return: a scalar tensor, or ``{term: scalar tensor}`` whose values sum to the loss.
+* Return: a scalar tensor, or ``{term: scalar tensor}`` whose values sum to the loss;
+  keys starting with ``n_`` are detached counters (e.g. patches skipped), logged but not
+  added to the loss.
   A term that cannot be computed for a batch returns a zero that still depends on the
   inputs (``x.sum() * 0``), never a Python float, so the graph and DDP stay consistent.
 """

@@ -59,9 +59,9 @@ class nnKDTrainerCls(nnKDTrainer):
 
         ctx = {"num_classes": len(self.class_names), "spatial_dims": len(self.configuration_manager.patch_size)}
         ctx.update(self.loss_context_extras())
-        sig = inspect.signature(factory)
-        accepts_all = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-        return dict({k: v for k, v in ctx.items() if accepts_all or k in sig.parameters}, **params)
+        named = {n for n, p in inspect.signature(factory).parameters.items()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        return dict({k: v for k, v in ctx.items() if k in named}, **params)
 
     def loss_context_extras(self) -> Dict[str, Any]:
         """Context for loss construction that subclasses know (widths of student and teachers)."""
