@@ -1,0 +1,149 @@
+"""PaGKD group-level distillation on unpaired batches: ``pagkd``, and ``gkd_pro`` / ``gkd_den``.
+
+``teachers[0]`` ran on its own batch with labels ``batch["teacher_class_target"][0]``; images are
+matched by class, never by index. Both last-stage maps are embedded by 1x1 convolutions (a
+per-token ``nn.Linear``, ndim-generic) to d = 128; the teacher-side embedding trains although
+the teacher is frozen, the teacher's features themselves never receive gradients. Under
+torch.distributed the tokens, labels and relation labels are all-gathered (differentiably) so
+groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
+
+Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.001) and
+``den`` (times ``w_den``, default 1), plus counters. **Convention: keys starting with ``n_``
+are detached counters for the log, not loss terms**; the trainer sums only the other keys.
+``n_skipped_classes`` counts the classes present in only one modality's (global) batch: they
+are skipped entirely (neither anchors nor negatives). Before ``warmup_epochs`` every term is a
+zero that depends on the inputs and on every parameter of the loss, so DDP sees the same
+parameters used in every step.
+
+Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True); the options of
+:class:`~nnkd.losses.group_pro.GroupPrototypeLoss` and/or
+:class:`~nnkd.losses.group_dense.GroupDenseLoss`, passed flat (an unknown name is a TypeError
+listing the known ones).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Dict, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from nnkd.distributed import all_gather_with_grad
+from nnkd.errors import NNKDError
+from nnkd.losses.group_dense import GroupDenseLoss
+from nnkd.losses.group_pro import GroupPrototypeLoss
+from nnkd.losses.registry import register_loss
+from nnkd.nets.outputs import NetOutputs
+
+_COMPONENTS = {"pro": (GroupPrototypeLoss, ("pro", "pcls")), "den": (GroupDenseLoss, ("den",))}
+_BUILT_BY_US = {"self", "embed_dim", "num_classes"}
+
+
+def _options_of(cls) -> set:
+    return set(inspect.signature(cls).parameters) - _BUILT_BY_US
+
+
+def _pick(options: dict, cls) -> dict:
+    return {k: v for k, v in options.items() if k in _options_of(cls)}
+
+
+def _tokens(features: Tensor) -> Tensor:
+    """``(B, C, *s)`` -> ``(B, N, C)`` with N = prod(s)."""
+    return features.flatten(2).transpose(1, 2)
+
+
+class _GroupKD(nn.Module):
+    name = ""
+    parts: Sequence[str] = ()
+
+    def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]], num_classes: int,
+                 embed_dim: int = 128, warmup_epochs: int = 5, gather: bool = True, **options):
+        super().__init__()
+        known = set().union(*(_options_of(_COMPONENTS[p][0]) for p in self.parts))
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"loss {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                            f"known: embed_dim, warmup_epochs, gather, {', '.join(sorted(known))}")
+        self.num_classes, self.warmup_epochs, self.gather = num_classes, warmup_epochs, gather
+        self.embed_s = nn.Linear(student_widths[-1], embed_dim)
+        self.embed_t = nn.Linear(teacher_widths[0][-1], embed_dim)
+        pro_opts, den_opts = _pick(options, GroupPrototypeLoss), _pick(options, GroupDenseLoss)
+        self.pro = GroupPrototypeLoss(embed_dim, num_classes, **pro_opts) if "pro" in self.parts else None
+        self.den = GroupDenseLoss(embed_dim, **den_opts) if "den" in self.parts else None
+        self.terms = tuple(t for p in self.parts for t in _COMPONENTS[p][1])
+
+    def _relations(self, out: NetOutputs, feats: Tensor, labels: Tensor, seg, image, side: str) -> Tensor:
+        src = self.den.relation_source
+        if src == "mask" and seg is None:
+            raise NNKDError(f"loss {self.name!r}: relation_source='mask' needs lesion masks in the batch "
+                            f"({side} 'seg_target')")
+        if src == "cam" and "classify" not in out.extras:
+            raise NNKDError(f"loss {self.name!r}: the {side} network's outputs have no extras['classify'] "
+                            "(needed for Grad-CAM relation maps); use relation_source='mask' or a network "
+                            "with a classification head")
+        if src == "cam" and self.den.refine_cam and image is None:
+            raise NNKDError(f"loss {self.name!r}: refine_cam needs the {side} images in the batch "
+                            f"({'data' if side == 'student' else 'teacher_data'})")
+        return self.den.relations(feats, out.extras.get("classify"), labels, seg, image)
+
+    def _zero(self, *tensors: Tensor) -> Tensor:
+        """A zero depending on ``tensors`` and on every parameter (consistent graphs under DDP)."""
+        return sum(t.sum() for t in (*tensors, *self.parameters())) * 0.0
+
+    def forward(self, student: NetOutputs, teachers: Sequence[NetOutputs], batch: dict) -> Dict[str, Tensor]:
+        if not teachers:
+            raise NNKDError(f"loss {self.name!r} needs a teacher; the distillation plan lists none")
+        feats_s, feats_t = student.features[-1], teachers[0].features[-1].detach()
+        y_s = batch["class_target"].long().view(-1)
+        y_t = batch["teacher_class_target"][0].long().view(-1)
+        if batch["epoch"] < self.warmup_epochs:
+            zero = self._zero(feats_s)
+            return {**{t: zero for t in self.terms}, "n_skipped_classes": zero.detach()}
+
+        rel_s = rel_t = None
+        if self.den is not None:
+            t_seg, t_data = batch.get("teacher_seg_target"), batch.get("teacher_data")
+            rel_s = self._relations(student, feats_s, y_s, batch.get("seg_target"), batch.get("data"), "student")
+            rel_t = self._relations(teachers[0], feats_t, y_t, None if t_seg is None else t_seg[0],
+                                    None if t_data is None else t_data[0], "teacher")
+        tok_s, tok_t = self.embed_s(_tokens(feats_s)), self.embed_t(_tokens(feats_t))
+        if self.gather:
+            tok_s, y_s, tok_t, y_t = map(all_gather_with_grad, (tok_s, y_s, tok_t, y_t))
+            if rel_s is not None:
+                rel_s, rel_t = all_gather_with_grad(rel_s), all_gather_with_grad(rel_t)
+
+        present_s = torch.bincount(y_s, minlength=self.num_classes) > 0
+        present_t = torch.bincount(y_t, minlength=self.num_classes) > 0
+        classes = (present_s & present_t).nonzero().view(-1)
+        zero = self._zero(tok_s, tok_t)
+        out = {t: zero for t in self.terms}
+        if classes.numel():
+            if self.pro is not None:
+                out.update(self.pro(tok_s, y_s, tok_t, y_t, classes))
+            if self.den is not None:
+                out.update(self.den(tok_s, y_s, rel_s, tok_t, y_t, rel_t, classes))
+            out[self.terms[0]] = out[self.terms[0]] + zero  # every parameter in the graph, every step
+        out["n_skipped_classes"] = (present_s ^ present_t).sum().to(zero.dtype).detach()
+        return out
+
+
+@register_loss("pagkd")
+class PaGKDLoss(_GroupKD):
+    """PaGKD: GKD-Pro (``pro``, ``pcls``) and GKD-Den (``den``) on one shared embedding."""
+
+    name, parts = "pagkd", ("pro", "den")
+
+
+@register_loss("gkd_pro")
+class GKDProLoss(_GroupKD):
+    """GKD-Pro alone (ablation): group prototype contrast and prototype classification."""
+
+    name, parts = "gkd_pro", ("pro",)
+
+
+@register_loss("gkd_den")
+class GKDDenLoss(_GroupKD):
+    """GKD-Den alone (ablation): relation-masked dense reconstruction between same-class images."""
+
+    name, parts = "gkd_den", ("den",)

@@ -1,0 +1,154 @@
+"""GKD-Pro (PaGKD): group prototypes from learnable queries, contrasted across modalities.
+
+Groups are given as embedded tokens ``(B, N, d)`` with class labels ``(B,)`` per modality and
+the list of G classes to use; both modalities' groups of all classes go through ONE padded
+attention call. Registration lives in :mod:`nnkd.losses.group`.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+SIMILARITIES = ("cos", "code")
+# The reference code divides its query-normalised similarity by 20 (not by N_q = 12).
+_CODE_DIVISOR = 20.0
+
+
+def prototype_similarity(anchor: Tensor, others: Tensor, kind: str = "cos") -> Tensor:
+    """Similarity of every anchor prototype to every other one.
+
+    anchor: ``(G, N_q, d)``, others: ``(H, N_q, d)`` -> ``(G, H)``.
+    ``"cos"`` (paper): ``mean_i cos(a_i, b_i)``, cosine over d per query i.
+    ``"code"``: normalise each prototype over the query axis (per channel), then
+    ``sum_{i,j} a_ij b_ij / 20``.
+    """
+    if kind == "cos":
+        a, b = F.normalize(anchor, dim=-1), F.normalize(others, dim=-1)
+        return torch.einsum("gid,hid->gh", a, b) / anchor.shape[1]
+    if kind == "code":
+        a, b = F.normalize(anchor, dim=-2), F.normalize(others, dim=-2)
+        return torch.einsum("gid,hid->gh", a, b) / _CODE_DIVISOR
+    raise ValueError(f"similarity {kind!r}; known: {', '.join(SIMILARITIES)}")
+
+
+def prototype_contrastive(p_s: Tensor, p_t: Tensor, similarity: str = "cos", tau: float = 1.0,
+                          softmax_one: bool = False) -> Tensor:
+    """``-sum_c log softmax`` of the positive pair, anchored on the student prototypes.
+
+    p_s, p_t: ``(G, N_q, d)``, row c of both = class c. Logits of anchor ``p_s[c]``: its
+    similarity to ``p_t[c]`` (positive) and to ``p_s[c'], p_t[c']`` for every ``c' != c``
+    (negatives), divided by ``tau``. ``softmax_one`` adds 1 (a zero logit) to the denominator.
+    """
+    g = p_s.shape[0]
+    logits = prototype_similarity(p_s, torch.cat([p_s, p_t]), similarity) / tau  # (G, 2G)
+    eye = torch.eye(g, dtype=torch.bool, device=p_s.device)
+    logits = logits.masked_fill(torch.cat([eye, torch.zeros_like(eye)], 1), float("-inf"))
+    target = torch.arange(g, 2 * g, device=p_s.device)
+    if softmax_one:
+        logits = torch.cat([logits.new_zeros(g, 1), logits], 1)
+        target = target + 1
+    return F.cross_entropy(logits, target, reduction="sum")
+
+
+class _QueryBlock(nn.Module):
+    """Pre-norm block: [self-attention over queries], cross-attention to tokens, [MLP].
+
+    ``nn.TransformerDecoderLayer`` always includes self-attention, which the default
+    (code) block has not; hence this block.
+    """
+
+    def __init__(self, dim: int, heads: int, self_attention: bool, mlp_ratio: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, batch_first=True) if self_attention else None
+        self.norm_self = nn.LayerNorm(dim) if self_attention else None
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(),
+                                 nn.Linear(hidden, dim)) if hidden > 0 else None
+
+    def forward(self, q: Tensor, tokens: Tensor, pad: Tensor) -> Tensor:
+        if self.self_attn is not None:
+            x = self.norm_self(q)
+            q = q + self.self_attn(x, x, x, need_weights=False)[0]
+        kv = self.norm_kv(tokens)
+        q = q + self.cross_attn(self.norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        return q + self.mlp(q) if self.mlp is not None else q
+
+
+class GroupPrototypeLoss(nn.Module):
+    """Prototype extractor + contrastive and prototype-classification terms (GKD-Pro).
+
+    Options (plan params of ``pagkd`` / ``gkd_pro``):
+    num_queries (N_q, 12), num_heads (16), num_blocks (T, 1), self_attention (False: the code's
+    single cross-attention block; True with T blocks: the paper), mlp_ratio (4; 0 drops the MLP),
+    max_group_slots (64: size of the learnable image-identity table; image slot s of a group
+    uses entry ``s % max_group_slots``, so larger groups share identities instead of failing
+    mid-training), similarity ("cos" | "code"), tau (1), softmax_one (False),
+    w_pro (0.001: weight applied here to both terms).
+
+    Prototype classification (``pcls``): each prototype is averaged over its N_q queries, one
+    ``Linear(d, K)`` shared by both modalities maps it to logits, and the cross-entropy against
+    the group's class is averaged over the 2G prototypes (student and teacher).
+    """
+
+    def __init__(self, embed_dim: int, num_classes: int, num_queries: int = 12, num_heads: int = 16,
+                 num_blocks: int = 1, self_attention: bool = False, mlp_ratio: float = 4.0,
+                 max_group_slots: int = 64, similarity: str = "cos", tau: float = 1.0,
+                 softmax_one: bool = False, w_pro: float = 1e-3):
+        super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity {similarity!r}; known: {', '.join(SIMILARITIES)}")
+        self.queries = nn.Parameter(torch.randn(num_queries, embed_dim) * 0.02)
+        self.slots = nn.Parameter(torch.randn(max_group_slots, embed_dim) * 0.02)
+        self.blocks = nn.ModuleList(_QueryBlock(embed_dim, num_heads, self_attention, mlp_ratio)
+                                    for _ in range(num_blocks))
+        self.classifier = nn.Linear(embed_dim, num_classes)
+        self.similarity, self.tau, self.softmax_one, self.weight = similarity, tau, softmax_one, w_pro
+
+    def group_tokens(self, tokens: Tensor, labels: Tensor, classes: Tensor,
+                     slots: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+        """Concatenate each class's images into one padded token sequence.
+
+        tokens ``(B, N, d)``, labels ``(B,)``, classes ``(G,)`` -> sequences ``(G, S*N, d)``
+        (image slot s of group g at ``[g, s*N:(s+1)*N]``, plus the slot's identity encoding)
+        and the padding mask ``(G, S*N)`` (True = padding). S = largest group, or ``slots``.
+        Images whose label is not in ``classes`` are left out.
+        """
+        _, n, d = tokens.shape
+        member = labels[:, None] == classes[None, :]  # (B, G)
+        img, grp = member.nonzero(as_tuple=True)
+        slot = (member.long().cumsum(0) - 1)[img, grp]  # rank of the image within its group
+        s = int(slot.max()) + 1 if slots is None else slots
+        values = tokens[img] + self.slots[slot % self.slots.shape[0]][:, None]  # (n_img, N, d)
+        seq = values.new_zeros(classes.numel(), s, n, d).index_put((grp, slot), values)
+        valid = torch.zeros(classes.numel(), s, dtype=torch.bool, device=tokens.device)
+        valid[grp, slot] = True
+        return seq.view(-1, s * n, d), ~valid.repeat_interleave(n, 1)
+
+    def prototypes(self, tokens: Tensor, pad: Tensor) -> Tensor:
+        """Padded group sequences ``(G, L, d)`` + mask ``(G, L)`` -> prototypes ``(G, N_q, d)``."""
+        q = self.queries.expand(tokens.shape[0], -1, -1)
+        for block in self.blocks:
+            q = block(q, tokens, pad)
+        return q
+
+    def forward(self, tok_s: Tensor, y_s: Tensor, tok_t: Tensor, y_t: Tensor, classes: Tensor) -> dict:
+        """Weighted ``{"pro", "pcls"}`` for the G ``classes`` present in both modalities."""
+        g = classes.numel()
+        slots = max(int(torch.bincount(y_s)[classes].max()), int(torch.bincount(y_t)[classes].max()))
+        seq_s, pad_s = self.group_tokens(tok_s, y_s, classes, slots)
+        seq_t, pad_t = self.group_tokens(tok_t, y_t, classes, slots)
+        if seq_s.shape[1] != seq_t.shape[1]:  # different token counts per image: pad the shorter
+            length = max(seq_s.shape[1], seq_t.shape[1])
+            seq_s, seq_t = (F.pad(x, (0, 0, 0, length - x.shape[1])) for x in (seq_s, seq_t))
+            pad_s, pad_t = (F.pad(m, (0, length - m.shape[1]), value=True) for m in (pad_s, pad_t))
+        protos = self.prototypes(torch.cat([seq_s, seq_t]), torch.cat([pad_s, pad_t])).float()
+        p_s, p_t = protos[:g], protos[g:]
+        pro = prototype_contrastive(p_s, p_t, self.similarity, self.tau, self.softmax_one)
+        pcls = F.cross_entropy(self.classifier(protos.mean(1)), classes.repeat(2))
+        return {"pro": self.weight * pro, "pcls": self.weight * pcls}
