@@ -6,7 +6,10 @@ The format is documented in ``plans/README.md``. A trainer finds its plan (first
    when ``NNKD_PLAN`` is unset: the effective plan of the earlier run of this fold;
 2. the file named by the environment variable ``NNKD_PLAN``;
 3. ``nnkd_plan.json`` in the dataset's ``nnUNet_preprocessed`` folder;
-4. the trainer's class-level ``plan_defaults`` over the defaults below.
+4. no file: the trainer's class-level ``plan_defaults`` over the defaults below.
+
+A plan file's top-level fields replace the trainer's ``plan_defaults`` (which fill in what the
+file leaves out); ``DEFAULTS`` fill in the rest.
 """
 from __future__ import annotations
 
@@ -199,8 +202,8 @@ def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
         check("teacher_loaders", t["loader"], f"teachers[{i}].loader")
 
 
-def load_plan(path: str) -> Dict[str, Any]:
-    """Read and validate a plan file."""
+def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Read and validate a plan file; its top-level fields replace those of ``defaults``."""
     if not os.path.isfile(path):
         raise NNKDError(f"distillation plan not found: {path}")
     try:
@@ -208,7 +211,9 @@ def load_plan(path: str) -> Dict[str, Any]:
             raw = json.load(f)
     except json.JSONDecodeError as e:
         raise NNKDError(f"{path}: not valid JSON: {e}") from None
-    return validate_plan(raw, source=path)
+    if not isinstance(raw, dict):
+        raise NNKDError(f"{path}: a plan must be a JSON object")
+    return validate_plan(dict(copy.deepcopy(defaults or {}), **raw), source=path)
 
 
 def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
@@ -219,18 +224,18 @@ def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
     if previous and os.path.isfile(previous) and (continuing or env is None):
         plan = load_plan(previous)
         if continuing and env is not None:
-            requested = load_plan(env)
+            requested = load_plan(env, defaults)
             if requested != plan:
                 raise NNKDError(
                     f"--c continues the run in {fold_folder} with its plan {previous}, but {PLAN_ENV} names a "
                     f"different plan ({env}). Unset {PLAN_ENV} to continue, or start a new run without --c.")
         return plan, previous
     if env is not None:
-        return load_plan(env), env
+        return load_plan(env, defaults), env
     if preprocessed_folder:
         candidate = os.path.join(preprocessed_folder, PLAN_FILENAME)
         if os.path.isfile(candidate):
-            return load_plan(candidate), candidate
+            return load_plan(candidate, defaults), candidate
     return validate_plan(copy.deepcopy(defaults or {}), "built-in defaults"), "built-in defaults"
 
 

@@ -9,8 +9,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(args, env=None, check=True, cwd=None):
     """Run a console command in a subprocess; returns CompletedProcess (text)."""
-    full_env = dict(os.environ, nnUNet_def_n_proc="1", nnUNet_n_proc_DA="0", nnUNet_compile="0",
-                    OMP_NUM_THREADS="1", MPLBACKEND="agg")
+    # nnUNet_n_proc_DA stays unset here: nnU-Net's planner calls torch.set_num_threads() with it,
+    # and 0 crashes planning; training calls pass it explicitly.
+    full_env = dict(os.environ, nnUNet_def_n_proc="1", nnUNet_compile="0", MPLBACKEND="agg")
+    full_env.pop("nnUNet_n_proc_DA", None)
     full_env.update(env or {})
     p = subprocess.run(args, env=full_env, capture_output=True, text=True, cwd=cwd)
     if check and p.returncode != 0:

@@ -1,7 +1,11 @@
 """nnU-Net trainer subclasses, one small class per method (see ``nnkd trainers``)."""
 from nnkd.trainers.base import nnKDTrainer
-from nnkd.trainers.cls import nnKDTrainerCls, nnKDTrainerClsBaseline
+from nnkd.trainers.cls import nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher
+from nnkd.trainers.distill import (nnKDTrainerAT, nnKDTrainerDistill, nnKDTrainerDKD, nnKDTrainerFitNet,
+                                   nnKDTrainerLogitKD, nnKDTrainerREACT)
 
-BUILTIN_TRAINERS = [nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline]
+BUILTIN_TRAINERS = [nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher,
+                    nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerFitNet, nnKDTrainerAT,
+                    nnKDTrainerDKD]
 
 __all__ = [c.__name__ for c in BUILTIN_TRAINERS] + ["BUILTIN_TRAINERS"]

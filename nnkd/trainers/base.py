@@ -79,6 +79,43 @@ class nnKDTrainer(nnUNetTrainer):
         torch.manual_seed(seed)
 
     # ----------------------------------------------------------------- data
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's training pipeline followed by the plan's modality dropout and augmentations."""
+        from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+
+        base = nnUNetTrainer.get_training_transforms(*args, **kwargs)
+        extras = self.extra_training_transforms()
+        return ComposeTransforms([base, *extras]) if extras else base
+
+    def extra_training_transforms(self) -> list:
+        """Transforms appended to nnU-Net's pipeline; they see every loaded channel of one sample."""
+        import inspect
+
+        from nnkd.hooks import lookup
+
+        out = []
+        channel_names = self.full_dataset_json["channel_names"]
+        md = self.kd_plan["modality_dropout"]
+        if md is not None:
+            keep = set(resolve_channels(md["keep"], channel_names, "modality_dropout.keep") if md["keep"] else [])
+            if md["droppable"] is not None:
+                droppable = resolve_channels(md["droppable"], channel_names, "modality_dropout.droppable")
+                keep |= set(range(len(channel_names))) - set(droppable)
+            out.append(lookup("transforms", "modality_dropout")(p=md["p"], keep=sorted(keep), fill=md["fill"]))
+        for i, aug in enumerate(self.kd_plan["augmentation"]):
+            factory = lookup("transforms", aug["name"])
+            params = dict(aug["params"])
+            if "hu_std" in inspect.signature(factory).parameters and "hu_std" not in params:
+                # intensity transforms in HU need the dataset's normalisation scale (fingerprint std)
+                props = self.plans_manager.plans["foreground_intensity_properties_per_channel"]
+                chans = params.get("channels", [0])
+                params["hu_std"] = [float(props[str(c)]["std"]) for c in chans]
+            try:
+                out.append(factory(**params))
+            except (TypeError, ValueError) as e:
+                raise NNKDError(f"{self.kd_plan_source}: field 'augmentation[{i}].params': {e}") from None
+        return out
+
     def student_input(self, data: torch.Tensor) -> torch.Tensor:
         """(B, C_all, *patch) batch -> the student's channels."""
         return data[:, self.input_channels] if self.uses_channel_subset else data

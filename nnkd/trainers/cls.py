@@ -159,6 +159,7 @@ class nnKDTrainerCls(nnKDTrainer):
         self.logger.log(CLS_PREFIX + "train_loss", means.pop("cls") / max(self.cls_weight, 1e-12),
                         self.current_epoch)
         means.pop("seg", None)
+        self.logger.local_logger.add_keys(KD_PREFIX + k for k in means)  # dict-valued losses name terms late
         for k, v in means.items():
             self.logger.log(KD_PREFIX + k, v, self.current_epoch)
 
@@ -276,3 +277,14 @@ def _auc(target: np.ndarray, probs: np.ndarray) -> float:
 
 class nnKDTrainerClsBaseline(nnKDTrainerCls):
     """nnKDTrainerCls under its own results folder: the no-distillation student baseline next to its teacher."""
+
+
+class nnKDTrainerDoseTeacher(nnKDTrainerCls):
+    """Dose-aware CT teacher: trains on a mix of full-dose and simulated low-dose CT (lowdose_noise)."""
+
+    plan_defaults = {
+        "name": "dose_teacher",
+        "student": {"channels": [0]},
+        "classification": {"loss": "focal", "params": {"gamma": 2.0}, "select_best_by": "auc"},
+        "augmentation": [{"name": "lowdose_noise", "params": {"p": 0.5, "channels": [0]}}],
+    }

@@ -1,0 +1,155 @@
+"""Distillation students: teachers and losses from the plan, on top of nnKDTrainerCls.
+
+Paired teachers read their own channels of the student's augmented patch; the student reads its
+own. Teachers run frozen, in eval mode, under ``no_grad`` (and nnU-Net's autocast on CUDA).
+Trainable parts of the losses (adapters, projections) live in one ``LossBank`` whose parameters
+join the optimizer and, under DDP, are wrapped in their own DDP so their gradients are averaged.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnkd.errors import NNKDError
+from nnkd.hooks import build_loss, lookup
+from nnkd.teachers import Teacher, load_teachers
+from nnkd.trainers.cls import nnKDTrainerCls
+
+
+class LossBank(nn.Module):
+    """The plan's distillation losses: ``forward(student, teachers, batch) -> {term: weighted tensor}``.
+
+    A loss returning a tensor gives the term ``<name>``; one returning a dict gives ``<name>/<key>``.
+    Keys starting with ``n_`` are counters and stay unweighted (not part of the loss).
+    """
+
+    def __init__(self, losses: Dict[str, nn.Module], weights: Dict[str, float]):
+        super().__init__()
+        self.losses = nn.ModuleDict(losses)
+        self.weights = dict(weights)
+
+    def forward(self, student, teachers, batch) -> Dict[str, torch.Tensor]:
+        terms = {}
+        for name, loss in self.losses.items():
+            value = loss(student, teachers, batch)
+            w = self.weights[name]
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    terms[f"n_{name}/{k[2:]}" if k.startswith("n_") else f"{name}/{k}"] = \
+                        v.detach() if k.startswith("n_") else w * v
+            else:
+                terms[name] = w * value
+        return terms
+
+
+class nnKDTrainerDistill(nnKDTrainerCls):
+    """Student distilled from the plan's paired teachers with any combination of registered losses."""
+
+    def initialize(self):
+        super().initialize()
+        plan = self.kd_plan
+        if plan["modality_dropout"] is not None:
+            raise NNKDError(f"{self.kd_plan_source}: field 'modality_dropout': paired teachers read the same "
+                            f"augmented patch, so dropping channels there would blind the teacher too; train "
+                            f"the multi-modal teacher with modality dropout (nnKDTrainerCls) instead")
+        if not plan["teachers"]:
+            raise NNKDError(f"{self.__class__.__name__} needs teachers: the plan {self.kd_plan_source} has none "
+                            f"(see plans/README.md, field 'teachers')")
+        unpaired = [t["name"] for t in plan["teachers"] if not t["paired"]]
+        if unpaired:
+            raise NNKDError(f"{self.__class__.__name__} distils from paired teachers; unpaired teacher(s) "
+                            f"{unpaired} need an unpaired trainer")
+        self.teachers: List[Teacher] = load_teachers(
+            plan["teachers"], self.full_dataset_json["channel_names"], self.class_names,
+            len(self.configuration_manager.patch_size), self.device)
+        for t in self.teachers:
+            self.print_to_log_file(f"teacher '{t.name}': {t.meta.get('model_folder')} fold {t.meta.get('fold')} "
+                                   f"sha256 {t.meta.get('sha256', '?')[:16]}..., channels {t.channels}")
+        losses, weights = {}, {}
+        for i, spec in enumerate(plan["losses"]):
+            name = spec["name"] if spec["name"] not in losses else f"{spec['name']}{i}"
+            losses[name] = build_loss(spec["name"], **self._loss_context(lookup("losses", spec["name"]),
+                                                                        spec["params"]))
+            weights[name] = float(spec["weight"])
+        self.loss_bank = LossBank(losses, weights).to(self.device)
+        params = [p for p in self.loss_bank.parameters() if p.requires_grad]
+        if params:
+            self.optimizer.add_param_group({"params": params})
+        self.loss_bank_call = DDP(self.loss_bank, device_ids=[self.local_rank]) if self.is_ddp and params \
+            else self.loss_bank
+
+    def loss_context_extras(self) -> Dict[str, Any]:
+        if not getattr(self, "teachers", None):
+            return {}
+        return {"student_widths": list(self._bare_network().stage_widths),
+                "teacher_widths": [list(t.stage_widths) for t in self.teachers]}
+
+    def teacher_outputs(self, b: Dict[str, Any]):
+        with torch.no_grad():
+            return [t.network(b["data"][:, t.channels], return_all=True) for t in self.teachers]
+
+    def compute_losses(self, out, b: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        terms = super().compute_losses(out, b)
+        teacher_out = self.teacher_outputs(b)
+        n = len(teacher_out)
+        b = dict(b, teacher_class_target=[b["class_target"]] * n, teacher_seg_target=[b["seg_target"]] * n)
+        terms.update(self.loss_bank_call(out, teacher_out, b))
+        return terms
+
+    def nnkd_checkpoint_entry(self) -> Dict[str, Any]:
+        entry = super().nnkd_checkpoint_entry()
+        entry["loss_bank"] = self.loss_bank.state_dict()
+        entry["teachers"] = [{k: t.meta.get(k) for k in ("model_folder", "fold", "checkpoint", "sha256")}
+                             | {"name": t.name} for t in self.teachers]
+        return entry
+
+    def restore_nnkd_checkpoint_entry(self, entry: Dict[str, Any]) -> None:
+        super().restore_nnkd_checkpoint_entry(entry)
+        if "loss_bank" in entry:
+            self.loss_bank.load_state_dict(entry["loss_bank"])
+        for old, t in zip(entry.get("teachers", []), self.teachers):
+            if old.get("sha256") != t.meta.get("sha256"):
+                self.print_to_log_file(f"WARNING: teacher '{t.name}' checkpoint changed since this run started "
+                                       f"({old.get('sha256', '?')[:16]} -> {t.meta.get('sha256', '?')[:16]})")
+
+
+class nnKDTrainerREACT(nnKDTrainerDistill):
+    """REACT-KD student: dual teachers, Hinton logit KD + region-graph KD, focal loss (METHODS.md section 1)."""
+
+    plan_defaults = {
+        "name": "react_kd",
+        "classification": {"loss": "focal", "params": {"gamma": 2.0}, "select_best_by": "auc"},
+        "losses": [{"name": "logit_kd", "weight": 0.7, "params": {"T": 2.0}},
+                   {"name": "region_graph", "weight": 1.0, "params": {}}],
+    }
+
+
+class nnKDTrainerLogitKD(nnKDTrainerDistill):
+    """Baseline: Hinton logit KD only (T=2, weight 0.7) from the plan's teachers."""
+
+    plan_defaults = {"name": "logit_kd", "classification": {"select_best_by": "auc"},
+                     "losses": [{"name": "logit_kd", "weight": 0.7, "params": {"T": 2.0}}]}
+
+
+class nnKDTrainerFitNet(nnKDTrainerDistill):
+    """Baseline: FitNet bottleneck feature regression with a 1x1 adapter."""
+
+    plan_defaults = {"name": "fitnet", "classification": {"select_best_by": "auc"},
+                     "losses": [{"name": "fitnet", "weight": 1.0, "params": {}}]}
+
+
+class nnKDTrainerAT(nnKDTrainerDistill):
+    """Baseline: attention transfer on the three deepest encoder stages."""
+
+    plan_defaults = {"name": "at", "classification": {"select_best_by": "auc"},
+                     "losses": [{"name": "at", "weight": 1.0, "params": {}}]}
+
+
+class nnKDTrainerDKD(nnKDTrainerDistill):
+    """Baseline: decoupled KD (TCKD + NCKD; alpha 1, beta 8, T 4)."""
+
+    plan_defaults = {"name": "dkd", "classification": {"select_best_by": "auc"},
+                     "losses": [{"name": "dkd", "weight": 1.0, "params": {}}]}
