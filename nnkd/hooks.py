@@ -24,6 +24,7 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 KINDS = ("losses", "trainers", "teacher_loaders", "transforms")
+SINGULAR = {"losses": "loss", "trainers": "trainer", "teacher_loaders": "teacher loader", "transforms": "transform"}
 
 
 class NNKDSpec:
@@ -106,7 +107,7 @@ def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
         for name, obj in mapping.items():
             if name in out:
                 raise ValueError(
-                    f"{kind[:-1]} {name!r} is registered twice: by {out[name][1]} and by {impl.plugin_name}")
+                    f"{SINGULAR[kind]} {name!r} is registered twice: by {out[name][1]} and by {impl.plugin_name}")
             out[name] = (obj, impl.plugin_name)
     return out
 
@@ -116,7 +117,7 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
     reg = registry(kind)
     if name not in reg:
         known = ", ".join(sorted(reg)) or "(none)"
-        raise UnknownNameError(f"unknown {kind[:-1].replace('_', ' ')} {name!r}; known: {known}")
+        raise UnknownNameError(f"unknown {SINGULAR[kind]} {name!r}; known: {known}")
     return reg[name][0]
 
 

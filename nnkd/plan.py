@@ -185,12 +185,12 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
 
 def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
     """Fail early (before training) on loss, transform or teacher-loader names nobody registered."""
-    from nnkd.hooks import registry
+    from nnkd.hooks import SINGULAR, registry
 
     def check(kind: str, name: str, field: str) -> None:
         known = registry(kind)
         if name not in known:
-            _fail(field, f"unknown {kind[:-1].replace('_', ' ')} {name!r}; known: "
+            _fail(field, f"unknown {SINGULAR[kind]} {name!r}; known: "
                          f"{', '.join(sorted(known)) or '(none)'}", source)
 
     check("losses", plan["classification"]["loss"], "classification.loss")

@@ -41,7 +41,7 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) ->
 
 def predict_folder(input_folder: str, output_folder: str, model_folder: str, folds=None,
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
-                   save_probabilities: bool = False, progress: bool = True) -> str:
+                   save_probabilities: bool = False, progress: bool = True, save_attention: bool = False) -> str:
     """Predict every case of ``input_folder``; returns the path of ``classification.csv``."""
     import numpy as np
     import torch
@@ -89,11 +89,32 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
                                           dataset_json, os.path.join(tmp, case), save_probabilities)
             for name in os.listdir(tmp):
                 shutil.move(os.path.join(tmp, name), os.path.join(output_folder, name))
+        if save_attention:
+            _save_attention(predictor, data, props, os.path.join(output_folder, "attention", f"{case}_attention"))
         ids.append(case)
         probs.append(p.numpy())
     csv = os.path.join(output_folder, "classification.csv")
     write_prediction_csv(csv, ids, np.stack(probs), class_names)
     return csv
+
+
+def _save_attention(predictor, data, props, path_without_ending: str) -> str:
+    """The case's CBAM spatial attention (fold mean) on the input grid, next to the predictions."""
+    import numpy as np
+    import torch
+
+    from nnkd.attention import AttentionAsSegmentation, to_input_grid, write_map
+
+    collector = predictor.network
+    predictor.network = AttentionAsSegmentation(collector.network, predictor.label_manager.num_segmentation_heads)
+    try:
+        with torch.no_grad():
+            att = predictor.predict_logits_from_preprocessed_data(
+                torch.from_numpy(np.ascontiguousarray(data)).float())[0].numpy()
+    finally:
+        predictor.network = collector
+    return write_map(to_input_grid(att, props, predictor.plans_manager, predictor.configuration_manager),
+                     path_without_ending, props)
 
 
 def _parse_folds(folds):
@@ -104,7 +125,7 @@ def _parse_folds(folds):
 
 def _predict(args) -> int:
     csv = predict_folder(args.i, args.o, args.m, _parse_folds(args.f), args.chk, args.device,
-                         args.save_probabilities)
+                         args.save_probabilities, save_attention=args.save_attention)
     print(f"class probabilities: {csv}\nsegmentations: {args.o}")
     return 0
 
@@ -120,4 +141,6 @@ def register(sub) -> None:
     p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
     p.add_argument("-device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
     p.add_argument("--save-probabilities", action="store_true", help="also write segmentation softmax (.npz)")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write each case's CBAM spatial-attention map, aligned with the input, to OUT/attention/")
     p.set_defaults(func=_predict)

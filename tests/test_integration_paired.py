@@ -1,0 +1,195 @@
+"""End to end through nnU-Net's and nnkd's CLIs on a tiny synthetic paired PET/CT dataset.
+
+One module-scoped workspace: preprocess once, train a multi-modal teacher, a CT-only student, a
+dose-aware teacher and a REACT-KD student (one short epoch each), then predict and evaluate.
+"""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+
+from conftest import nnkd_cli, run_cli
+
+pytestmark = pytest.mark.integration
+DS = 11
+TRAIN = {"nnUNet_n_proc_DA": "0"}
+SCHEDULE = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+
+
+def tool(name):
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    from nnkd.commands.info import ext_trainer_value, workspace_env
+
+    root = tmp_path_factory.mktemp("paired")
+    env = workspace_env(str(root))
+    for v in env.values():
+        os.makedirs(v)
+    env["nnUNet_extTrainer"] = ext_trainer_value("")
+    env["NNKD_PLAN"] = ""
+    nnkd_cli("synth", "paired3d", "--id", DS, "--cases", 10, "--size", 16, 32, 32, env=env)
+    run_cli([tool("nnUNetv2_plan_and_preprocess"), "-d", str(DS), "-c", "3d_fullres", "-np", "1",
+             "--verify_dataset_integrity"], env=env)
+    name = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{DS:03d}")][0]
+    return {"root": root, "env": env, "name": name}
+
+
+def write_plan(ws, name, plan):
+    path = ws["root"] / f"{name}.json"
+    path.write_text(json.dumps(dict({"name": name, "seed": 0, "schedule": SCHEDULE}, **plan)))
+    return str(path)
+
+
+def train(ws, trainer, plan_path, *extra, check=True):
+    env = dict(ws["env"], **TRAIN, NNKD_PLAN=plan_path or "")
+    if not plan_path:
+        env.pop("NNKD_PLAN")
+    return run_cli([tool("nnUNetv2_train"), str(DS), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", *extra],
+                   env=env, check=check)
+
+
+def model_folder(ws, trainer):
+    return os.path.join(ws["env"]["nnUNet_results"], ws["name"], f"{trainer}__nnUNetPlans__3d_fullres")
+
+
+def images(ws, channels, tag):
+    """Copy the raw images of a few cases, keeping (and renumbering) only ``channels``."""
+    src = os.path.join(ws["env"]["nnUNet_raw"], ws["name"], "imagesTr")
+    dst = ws["root"] / tag
+    if not dst.exists():
+        dst.mkdir()
+        for f in sorted(os.listdir(src))[: 3 * 3]:  # three cases x three channels
+            case, rest = f.rsplit("_", 1)
+            ch = int(rest[:4])
+            if ch in channels:
+                shutil.copyfile(os.path.join(src, f), dst / f"{case}_{channels.index(ch):04d}{rest[4:]}")
+    return str(dst)
+
+
+@pytest.fixture(scope="module")
+def teacher(ws):
+    plan = write_plan(ws, "teacher", {"modality_dropout": {"p": 0.3, "keep": ["CT"]},
+                                      "classification": {"select_best_by": "auc"}})
+    train(ws, "nnKDTrainerCls", plan)
+    return model_folder(ws, "nnKDTrainerCls")
+
+
+@pytest.fixture(scope="module")
+def student(ws):
+    train(ws, "nnKDTrainerClsBaseline", write_plan(ws, "student", {"student": {"channels": ["CT"]}}))
+    return model_folder(ws, "nnKDTrainerClsBaseline")
+
+
+def test_teacher_fold_folder(teacher):
+    fold = os.path.join(teacher, "fold_0")
+    for f in ("checkpoint_final.pth", "nnkd_plan.json", "progress.png", "validation/classification.csv",
+              "validation/classification_summary.json", "validation/summary.json"):
+        assert os.path.isfile(os.path.join(fold, f)), f
+    assert json.load(open(os.path.join(fold, "nnkd_plan.json")))["modality_dropout"]["keep"] == ["CT"]
+    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)
+    assert ck["nnkd"]["plan"]["name"] == "teacher" and ck["trainer_name"] == "nnKDTrainerCls"
+    assert len(ck["logging"]["cls/val_auc"]) == 1 and len(ck["logging"]["cls/train_loss"]) == 1
+    plans = json.load(open(os.path.join(teacher, "plans.json")))
+    assert plans["nnkd"]["class_names"] == ["G1", "G2", "G3"] and plans["nnkd"]["network"]["num_classes"] == 3
+    header = open(os.path.join(fold, "validation", "classification.csv")).readline().strip()
+    assert header == "case_id,prob_G1,prob_G2,prob_G3,predicted,label"
+
+
+def test_student_deploys_with_ct_only(ws, student, tmp_path):
+    ds = json.load(open(os.path.join(student, "dataset.json")))
+    assert ds["channel_names"] == {"0": "CT"}
+    plans = json.load(open(os.path.join(student, "plans.json")))
+    assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["CTNormalization"]
+    ct = images(ws, [0], "ct_only")
+    run_cli([tool("nnUNetv2_predict"), "-i", ct, "-o", str(tmp_path / "seg"), "-d", str(DS), "-c", "3d_fullres",
+             "-tr", "nnKDTrainerClsBaseline", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env=ws["env"])
+    assert len([f for f in os.listdir(tmp_path / "seg") if f.endswith(".nii.gz")]) == 3
+    nnkd_cli("predict", "-i", ct, "-o", tmp_path / "pred", "-m", student, "-f", 0, "--save-attention",
+             env=ws["env"])
+    rows = open(tmp_path / "pred" / "classification.csv").read().splitlines()
+    assert rows[0] == "case_id,prob_G1,prob_G2,prob_G3,predicted,label" and len(rows) == 4
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(os.path.join(ct, sorted(os.listdir(ct))[0]))
+    att = sitk.ReadImage(str(tmp_path / "pred" / "attention" / f"{sorted(os.listdir(ct))[0][:-12]}_attention.nii.gz"))
+    assert att.GetSize() == image.GetSize() and att.GetSpacing() == image.GetSpacing()
+    values = sitk.GetArrayFromImage(att)
+    assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > 0
+    nnkd_cli("evaluate", tmp_path / "pred" / "classification.csv", "--labels", DS, "-o", tmp_path / "report",
+             "--allow-missing", "--n-bootstrap", 200, env=ws["env"])
+    for f in ("metrics.json", "roc.png", "dca.png", "calibration.png"):
+        assert (tmp_path / "report" / f).is_file()
+
+
+def test_predict_refuses_bad_inputs(ws, student, tmp_path):
+    all_channels = images(ws, [0, 1, 2], "all_channels")
+    p = nnkd_cli("predict", "-i", all_channels, "-o", tmp_path / "o", "-m", student, env=ws["env"], check=False)
+    assert p.returncode == 2 and "wrong channel count" in p.stderr and "liver_000" in p.stderr
+    broken = tmp_path / "broken"
+    shutil.copytree(images(ws, [0], "ct_only"), broken)
+    first = sorted(os.listdir(broken))[0]
+    (broken / first).write_bytes(b"not an image")
+    p = nnkd_cli("predict", "-i", broken, "-o", tmp_path / "o2", "-m", student, env=ws["env"], check=False)
+    assert p.returncode == 2 and f"case {first.rsplit('_', 1)[0]}: cannot read" in p.stderr
+    assert not (tmp_path / "o2" / "classification.csv").exists()
+
+
+def test_continue_uses_the_runs_plan(ws, student):
+    other = write_plan(ws, "other", {"student": {"channels": ["CT"]}, "seed": 1})
+    p = train(ws, "nnKDTrainerClsBaseline", other, "--c", check=False)
+    assert p.returncode != 0 and "different plan" in (p.stdout + p.stderr)
+    p = train(ws, "nnKDTrainerClsBaseline", None, "--c")
+    assert "from " + os.path.join(student, "fold_0", "nnkd_plan.json") in p.stdout
+
+
+def test_teacher_reading_missing_channel_is_refused(ws, teacher):
+    plan = write_plan(ws, "bad_teacher", {"student": {"channels": ["CT"]}, "teachers": [
+        {"name": "pet", "model_folder": teacher, "channels": ["PET", "FDG", "ACE"]}]})
+    p = train(ws, "nnKDTrainerREACT", plan, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "teachers[0].channels: channel 'PET' does not exist" in out
+    assert "Epoch 0" not in out
+
+
+def test_react_student_dual_teachers(ws, teacher, tmp_path):
+    dose_plan = write_plan(ws, "dose", {"student": {"channels": ["CT"]}, "augmentation": [
+        {"name": "lowdose_noise", "params": {"p": 1.0, "channels": [0]}}]})
+    train(ws, "nnKDTrainerDoseTeacher", dose_plan)
+    dose_teacher = model_folder(ws, "nnKDTrainerDoseTeacher")
+    plan = write_plan(ws, "react", {"student": {"channels": ["CT"]}, "teachers": [
+        {"name": "structure_function", "model_folder": teacher},
+        {"name": "dose_aware", "model_folder": dose_teacher, "channels": ["CT"]}]})
+    train(ws, "nnKDTrainerREACT", plan)
+    react = model_folder(ws, "nnKDTrainerREACT")
+    ck = torch.load(os.path.join(react, "fold_0", "checkpoint_final.pth"), weights_only=False)
+    logged = ck["logging"]
+    for key in ("kd/logit_kd", "kd/region_graph/node", "kd/region_graph/edge", "kd/region_graph/gw"):
+        assert len(logged[key]) == 1, key
+    assert [t["name"] for t in ck["nnkd"]["teachers"]] == ["structure_function", "dose_aware"]
+    assert all(len(t["sha256"]) == 64 for t in ck["nnkd"]["teachers"])
+    assert "loss_bank" in ck["nnkd"] and any("proj" in k or "weight" in k for k in ck["nnkd"]["loss_bank"])
+    # dose robustness: the CT-only student on two simulated dose levels, one table
+    nnkd_cli("simulate-dose", DS, "--dose", "1e5", "1e3", "--id", 60, "--channel", 0, "--workers", 1,
+             env=ws["env"])
+    csvs = []
+    for did in (60, 61):
+        raw = [d for d in os.listdir(ws["env"]["nnUNet_raw"]) if d.startswith(f"Dataset{did:03d}")][0]
+        src = os.path.join(ws["env"]["nnUNet_raw"], raw, "imagesTr")
+        ct = tmp_path / f"ct_{did}"
+        ct.mkdir()
+        for f in sorted(os.listdir(src)):
+            if f.endswith("_0000.nii.gz"):
+                shutil.copyfile(os.path.join(src, f), ct / f)
+        nnkd_cli("predict", "-i", ct, "-o", tmp_path / f"p{did}", "-m", react, "-f", 0, env=ws["env"])
+        csvs.append(tmp_path / f"p{did}" / "classification.csv")
+    nnkd_cli("evaluate", *csvs, "--names", "I0=1e5", "I0=1e3", "--labels", DS, "-o", tmp_path / "levels",
+             "--n-bootstrap", 200, env=ws["env"])
+    table = json.load(open(tmp_path / "levels" / "levels.json"))
+    assert [row["level"] for row in table["levels"]] == ["I0=1e5", "I0=1e3"]
+    assert (tmp_path / "levels" / "levels.png").is_file()
