@@ -36,37 +36,43 @@ class NNKDLocalLogger(LocalLogger):
         x = list(range(n))
         kd = sorted(k for k in log if k.startswith(KD_PREFIX) and len(log[k]) >= n)
         cls = sorted(k for k in log if k.startswith(CLS_PREFIX) and len(log[k]) >= n)
+        mk = {"marker": "o", "markersize": 4} if n < 30 else {}  # short runs: points stay visible
         fig, axes = plt.subplots(4, 1, figsize=(12, 18))
         ax = axes[0]
-        ax.plot(x, log["train_losses"][:n], "b-", label="loss_tr")
-        ax.plot(x, log["val_losses"][:n], "r-", label="loss_val")
+        ax.plot(x, log["train_losses"][:n], "b-", label="loss_tr", **mk)
+        ax.plot(x, log["val_losses"][:n], "r-", label="loss_val", **mk)
         ax.set_ylabel("loss")
         ax2 = ax.twinx()
-        ax2.plot(x, log["mean_fg_dice"][:n], "g:", label="pseudo dice")
-        ax2.plot(x, log["ema_fg_dice"][:n], "g-", label="pseudo dice (mov. avg.)")
+        ax2.plot(x, log["mean_fg_dice"][:n], "g:", label="pseudo dice", **mk)
+        ax2.plot(x, log["ema_fg_dice"][:n], "g-", label="pseudo dice (mov. avg.)", **mk)
         ax2.set_ylabel("pseudo dice")
         ax.legend(loc="upper left")
         ax2.legend(loc="upper right")
         ax = axes[1]
         for k in kd:
-            ax.plot(x, log[k][:n], label=k[len(KD_PREFIX):])
+            ax.plot(x, log[k][:n], label=k[len(KD_PREFIX):], **mk)
         ax.set_ylabel("distillation terms (train)")
         if kd:
             ax.legend(loc="upper right")
         else:
             ax.text(0.5, 0.5, "no distillation terms", ha="center", transform=ax.transAxes)
         ax = axes[2]
+        ax4 = ax.twinx()
         for k in cls:
-            ax.plot(x, log[k][:n], label=k[len(CLS_PREFIX):])
-        ax.set_ylabel("classification")
+            target = ax if k.endswith("loss") else ax4  # losses left, accuracy/AUC (0..1) right
+            target.plot(x, log[k][:n], label=k[len(CLS_PREFIX):], ls="-" if target is ax else "--", **mk)
+        ax.set_ylabel("classification loss")
+        ax4.set_ylabel("accuracy / AUC")
+        ax4.set_ylim(-0.02, 1.02)
         if cls:
             ax.legend(loc="upper left")
+            ax4.legend(loc="upper right")
         ax = axes[3]
         ax.plot(x, [e - s for s, e in zip(log["epoch_start_timestamps"][:n], log["epoch_end_timestamps"][:n])],
-                "b-", label="epoch duration [s]")
+                "b-", label="epoch duration [s]", **mk)
         ax.set_ylabel("time [s]")
         ax3 = ax.twinx()
-        ax3.plot(x, log["lrs"][:n], "k--", label="learning rate")
+        ax3.plot(x, log["lrs"][:n], "k--", label="learning rate", **mk)
         ax3.set_ylabel("learning rate")
         ax.legend(loc="upper left")
         ax3.legend(loc="upper right")
