@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.losses.registry import register_loss
+from nnkd.losses.registry import register_loss, widths_at
 
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -42,12 +42,7 @@ class FitNet(nn.Module):
         super().__init__()
         if spatial_dims not in _LINEAR:
             raise NNKDError(f"loss 'fitnet': spatial_dims must be 1, 2 or 3, got {spatial_dims}")
-        try:
-            cs = student_widths[stage]
-            cts = [tw[stage] for tw in teacher_widths]
-        except IndexError:
-            raise NNKDError(f"loss 'fitnet': stage {stage} does not exist in student_widths {list(student_widths)} "
-                            f"/ teacher_widths {[list(t) for t in teacher_widths]}") from None
+        cs, cts = widths_at("fitnet", student_widths, teacher_widths, stage)
         conv = getattr(nn, f"Conv{spatial_dims}d")
         self.stage = stage
         self.adapters = nn.ModuleList(conv(cs, ct, kernel_size=1) for ct in cts)

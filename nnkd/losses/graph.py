@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.losses.registry import register_loss
+from nnkd.losses.registry import register_loss, widths_at
 from nnkd.ops.components import compact_ids, connected_components
 from nnkd.ops.sinkhorn import sinkhorn
 
@@ -141,12 +141,7 @@ class RegionGraphKD(nn.Module):
                             f"{plan_normalisation!r}")
         if eps <= 0 or iters < 1:
             raise NNKDError(f"loss 'region_graph': need eps > 0 and iters >= 1, got eps={eps}, iters={iters}")
-        try:
-            cs = student_widths[stage]
-            cts = [tw[stage] for tw in teacher_widths]
-        except IndexError:
-            raise NNKDError(f"loss 'region_graph': stage {stage} does not exist in student_widths "
-                            f"{list(student_widths)} / teacher_widths {[list(t) for t in teacher_widths]}") from None
+        cs, cts = widths_at("region_graph", student_widths, teacher_widths, stage)
         if fusion == "features" and len(set(cts)) > 1:
             raise NNKDError(f"loss 'region_graph': fusion='features' needs equal teacher widths at stage {stage}, "
                             f"got {cts} (use fusion='loss')")

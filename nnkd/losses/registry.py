@@ -1,18 +1,21 @@
-"""Name -> factory table of the built-in losses (served to pluggy by :mod:`nnkd.builtin_plugin`)."""
+"""Built-in losses by name, and helpers every loss constructor shares."""
 from __future__ import annotations
 
-from typing import Callable, Dict
+from typing import List, Sequence, Tuple
 
-BUILTIN_LOSSES: Dict[str, Callable] = {}
+from nnkd.errors import NNKDError
+from nnkd.name_table import NameTable
+
+BUILTIN_LOSSES = NameTable("loss")
+#: class decorator: ``@register_loss("logit_kd")``
+register_loss = BUILTIN_LOSSES.register
 
 
-def register_loss(name: str):
-    """Class decorator: ``@register_loss("logit_kd")`` registers a built-in loss."""
-
-    def deco(cls):
-        if name in BUILTIN_LOSSES:
-            raise ValueError(f"built-in loss {name!r} registered twice")
-        BUILTIN_LOSSES[name] = cls
-        return cls
-
-    return deco
+def widths_at(loss: str, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]],
+              stage: int) -> Tuple[int, List[int]]:
+    """(student width, [teacher widths]) at encoder ``stage``; an error names the loss and the stage."""
+    try:
+        return student_widths[stage], [tw[stage] for tw in teacher_widths]
+    except IndexError:
+        raise NNKDError(f"loss '{loss}': stage {stage} does not exist in student_widths {list(student_widths)} "
+                        f"/ teacher_widths {[list(t) for t in teacher_widths]}") from None
