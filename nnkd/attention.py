@@ -28,7 +28,7 @@ class AttentionAsSegmentation(nn.Module):
             raise NNKDError("this model has no CBAM block (plan network.cbam is false): no attention map to save")
         mode = "trilinear" if x.ndim == 5 else "bilinear"
         a = F.interpolate(out.attention.float(), size=x.shape[2:], mode=mode, align_corners=False)
-        return a.expand(-1, self.num_outputs, *a.shape[2:])
+        return a.repeat(1, self.num_outputs, *([1] * (a.ndim - 2)))  # a copy: the predictor adds into it in place
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         return self.network.load_state_dict(state_dict, *args, **kwargs)

@@ -193,3 +193,66 @@ def test_react_student_dual_teachers(ws, teacher, tmp_path):
     table = json.load(open(tmp_path / "levels" / "levels.json"))
     assert [row["level"] for row in table["levels"]] == ["I0=1e5", "I0=1e3"]
     assert (tmp_path / "levels" / "levels.png").is_file()
+
+
+def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_path):
+    """Resume restores plan, epoch, optimizer and logger; a NaN loss stops and keeps the checkpoint."""
+    import hashlib
+
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnkd.errors import NNKDError
+
+    for k, v in dict(ws["env"], **TRAIN).items():
+        monkeypatch.setenv(k, v)
+    plan = write_plan(ws, "resume", {"student": {"channels": ["CT"]},
+                                     "classification": {"balanced_sampling": True},
+                                     "schedule": dict(SCHEDULE, num_epochs=3, save_every=1)})
+    monkeypatch.setenv("NNKD_PLAN", plan)
+    cpu = torch.device("cpu")
+    tr = get_trainer_from_args(str(DS), "3d_fullres", 0, "nnKDTrainerDistill", continue_training=False, device=cpu)
+    # nnKDTrainerDistill without teachers must refuse before any data is touched
+    with pytest.raises(NNKDError, match="needs teachers"):
+        tr.on_train_start()
+
+    tr = get_trainer_from_args(str(DS), "3d_fullres", 0, "nnKDTrainerCls", continue_training=False, device=cpu)
+    tr.on_train_start()
+    tr.on_epoch_start()
+    tr.on_train_epoch_start()
+    tr.on_train_epoch_end([tr.train_step(next(tr.dataloader_train)) for _ in range(2)])
+    with torch.no_grad():
+        tr.on_validation_epoch_start()
+        tr.on_validation_epoch_end([tr.validation_step(next(tr.dataloader_val))])
+    tr.on_epoch_end()  # writes checkpoint_latest.pth (save_every=1), as an interrupted run leaves it
+    latest = os.path.join(tr.output_folder, "checkpoint_latest.pth")
+    digest = hashlib.sha256(open(latest, "rb").read()).hexdigest()
+
+    # a non-finite loss stops training with a message; the last good checkpoint is untouched
+    batch = next(tr.dataloader_train)
+    batch["data"] = batch["data"] * float("nan")
+    with pytest.raises(NNKDError, match="non-finite training loss"):
+        tr.train_step(batch)
+    assert hashlib.sha256(open(latest, "rb").read()).hexdigest() == digest
+    assert not [f for f in os.listdir(tr.output_folder) if f.endswith(".tmp.pth")]
+    # balanced sampling: every class drawn with equal probability
+    ids = tr._balanced_identifiers(sorted(tr.case_to_class))
+    drawn = [tr.case_to_class[k] for k in ids]
+    shares = [drawn.count(c) / len(drawn) for c in range(3)]
+    assert max(shares) - min(shares) < 0.01
+
+    monkeypatch.delenv("NNKD_PLAN")
+    resumed = get_trainer_from_args(str(DS), "3d_fullres", 0, "nnKDTrainerCls", continue_training=True, device=cpu)
+    resumed.load_checkpoint(latest)
+    assert resumed.kd_plan == tr.kd_plan and resumed.current_epoch == tr.current_epoch == 1
+    assert resumed.logger.get_checkpoint() == tr.logger.get_checkpoint()
+    saved = torch.load(latest, weights_only=False)  # tr itself took a NaN step since
+    a, b = saved["optimizer_state"], resumed.optimizer.state_dict()
+    assert all(torch.equal(v, resumed.network.state_dict()[k]) for k, v in saved["network_weights"].items())
+    assert a["param_groups"] == b["param_groups"]
+    assert all(torch.equal(a["state"][i]["momentum_buffer"], b["state"][i]["momentum_buffer"]) for i in a["state"])
+
+    # a training case without a case label stops training before the first iteration, naming it
+    unlabelled = resumed.do_split()[0][0]
+    del resumed.case_to_class[unlabelled]
+    with pytest.raises(NNKDError, match=f"1 training case\\(s\\) have no case label.*{unlabelled}"):
+        resumed.get_tr_and_val_datasets()
