@@ -1,0 +1,144 @@
+"""``unpaired2d``: endoscopy-like RGB polyp images in two unpaired modalities (the PaGKD setting).
+
+Two datasets with disjoint cases: the student at id N (white-light-like: reddish, vignetting,
+specular highlights, blur, noise; the class pattern faint) and the teacher at id N+1
+(narrow-band-like: cyan mucosa, brown surface pattern, clear). Every image shows one polyp whose
+surface pattern carries the class, with random period, orientation and phase:
+adenoma = stripes (tubular pits), hyperplastic = a lattice of round spots, serrated = irregular
+band-pass texture at the same scale. All three have the same mean and similar power, so only the
+pattern's structure separates them.
+
+Written as png (one ``_0000.png`` RGB file per case, nnU-Net's natural-image reader). The image is
+black outside a round field of view, as endoscopy frames are. Without ``lesion_masks`` the masks
+hold no lesion information: label 1 is that field of view (all-background masks would crash
+nnU-Net's fingerprint extraction, which needs foreground voxels); with ``lesion_masks`` label 1 is
+the polyp. The images are the same either way, and the truth file has the polyp box either way.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from nnkd.synthetic import geometry, textures
+from nnkd.synthetic.rawdataset import (DatasetSpec, SynthCase, balanced_classes, case_ids, case_rng, check_cases,
+                                       check_size, lesion_truth, staged_datasets, write_dataset)
+
+CLASSES = ("adenoma", "hyperplastic", "serrated")
+CHANNELS = {"0": "R", "1": "G", "2": "B"}
+LABELS = {"background": 0, "polyp": 1}  # with lesion_masks
+FOV_LABELS = {"background": 0, "field_of_view": 1}  # without
+FOV_RADIUS = 0.66  # of the image size: only the corners are outside
+DEFAULT_SIZE = (64, 64)
+DEFAULT_CASES = 120  # per dataset: nnU-Net caps the 2d batch at 5 % of the cases, so batches of 6 (2 per class)
+DEFAULT_NAME = "SynthPolyp"
+
+
+@dataclass(frozen=True)
+class EndoscopyModality:
+    """How one modality renders the same kind of scene (colours are RGB in [0, 1])."""
+
+    name: str  # dataset name suffix
+    prefix: str  # case id prefix
+    pattern_contrast: float  # amplitude of the class pattern (unit-std pattern times this)
+    blur: float  # Gaussian sigma in pixels, applied to the rendered image
+    noise: float  # white noise sd
+    vignetting: float  # brightness loss at the corners
+    highlights: int  # up to this many specular highlights
+    mucosa: tuple
+    polyp: tuple
+    pattern: tuple  # colour direction the pattern moves pixels along
+
+
+WHITE_LIGHT = EndoscopyModality("WLI", "wli", pattern_contrast=0.07, blur=0.8, noise=0.04, vignetting=0.35,
+                                highlights=4, mucosa=(0.80, 0.42, 0.38), polyp=(0.86, 0.50, 0.44),
+                                pattern=(-0.6, -0.8, -0.7))
+NARROW_BAND = EndoscopyModality("NBI", "nbi", pattern_contrast=0.40, blur=0.0, noise=0.02, vignetting=0.15,
+                                highlights=0, mucosa=(0.35, 0.58, 0.58), polyp=(0.45, 0.52, 0.42),
+                                pattern=(-0.4, -0.9, -1.0))
+
+
+def surface_pattern(rng: np.random.Generator, cls: int, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+    """Unit-std class pattern of ``shape`` and its parameters (period in pixels, angle in radians)."""
+    period, angle = rng.uniform(4.5, 6.5), rng.uniform(0, np.pi)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
+    u = (np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
+    v = (-np.sin(angle) * xx + np.cos(angle) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
+    if CLASSES[cls] == "adenoma":
+        field = np.cos(u)
+    elif CLASSES[cls] == "hyperplastic":
+        field = np.cos(u) * np.cos(v)
+    else:  # serrated: difference of Gaussians passes the band around the same period
+        white = rng.standard_normal(shape)
+        field = ndimage.gaussian_filter(white, period / 6) - ndimage.gaussian_filter(white, period / 3)
+    field = (field - field.mean()) / field.std()
+    return field, {"period": period, "angle": angle}
+
+
+def field_of_view(shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: the round field of view of the endoscope."""
+    return geometry.normalised_distance(shape, np.divide(shape, 2), np.multiply(shape, FOV_RADIUS)) <= 1
+
+
+def make_case(rng: np.random.Generator, cls: int, shape: tuple[int, int],
+              modality: EndoscopyModality) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One image: ``(rgb uint8 (H, W, 3), polyp mask uint8 (H, W), truth)``."""
+    h, w = shape
+    centre = rng.uniform(0.3, 0.7, 2) * shape
+    radii = rng.uniform(0.18, 0.30, 2) * shape
+    dist = geometry.normalised_distance(shape, centre, radii)
+    mask = (dist <= 1) & field_of_view(shape)
+    soft = 1 / (1 + np.exp((dist - 1) / 0.06))  # (H, W) polyp weight with a smooth rim
+    bump = np.sqrt(np.clip(1 - dist ** 2, 0, None))  # polyp height: lit from the front
+
+    base = 1 + 0.08 * textures.smooth_noise(rng, shape, 6.0)
+    colour = (np.asarray(modality.mucosa) * (1 - soft[..., None]) * base[..., None]
+              + np.asarray(modality.polyp) * soft[..., None] * (1 + 0.15 * bump[..., None]))
+    pattern, pattern_params = surface_pattern(rng, cls, shape)
+    colour = colour + modality.pattern_contrast * (soft * pattern)[..., None] * np.asarray(modality.pattern)
+
+    yy, xx = np.mgrid[:h, :w]
+    r2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
+    colour = colour * (1 - modality.vignetting * r2 / 2)[..., None]
+    n_hl = rng.integers(0, modality.highlights + 1)
+    if n_hl:
+        spots = geometry.uniform_in_ellipsoid(rng, n_hl, centre, radii * 0.8)  # (n, 2)
+        d2 = (yy[None] - spots[:, 0, None, None]) ** 2 + (xx[None] - spots[:, 1, None, None]) ** 2
+        colour = colour + 0.7 * np.exp(-d2 / (2 * rng.uniform(0.8, 1.6, (n_hl, 1, 1)) ** 2)).sum(0)[..., None]
+    if modality.blur > 0:
+        colour = ndimage.gaussian_filter(colour, (modality.blur, modality.blur, 0))
+    colour = colour + modality.noise * rng.standard_normal(colour.shape)
+    colour = colour * field_of_view(shape)[..., None]
+    rgb = np.round(np.clip(colour, 0, 1) * 255).astype(np.uint8)
+    truth = {"lesions": lesion_truth(mask[None], LABELS["polyp"]), **pattern_params}
+    return rgb, mask.astype(np.uint8), truth
+
+
+def generate(dataset_id: int, cases: int = DEFAULT_CASES, seed: int = 0, size=DEFAULT_SIZE,
+             name: str = DEFAULT_NAME, overwrite: bool = False, lesion_masks: bool = False,
+             student: EndoscopyModality = WHITE_LIGHT, teacher: EndoscopyModality = NARROW_BAND) -> list[str]:
+    """Write the student dataset ``Dataset<id>_<name>_WLI`` and the teacher ``Dataset<id+1>_<name>_NBI``
+    (``cases`` each, disjoint) into $nnUNet_raw; returns both folders (student first)."""
+    cases, shape = check_cases(cases), check_size(size, 2, 32)
+    roles = ((dataset_id, student, "student: white-light-like, class pattern faint"),
+             (dataset_id + 1, teacher, "teacher: narrow-band-like, class pattern clear"))
+    specs = [DatasetSpec(i, f"{name}_{m.name}", CHANNELS, LABELS if lesion_masks else FOV_LABELS, list(CLASSES), ".png",
+                         f"Synthetic endoscopy polyps ({role}); case class = surface pattern; "
+                         f"unpaired with Dataset{dataset_id + (i == dataset_id):03d}.")
+             for i, m, role in roles]
+
+    def build(index: int, modality: EndoscopyModality):
+        classes = balanced_classes(seed, index, cases, len(CLASSES))
+        for i, (case_id, cls) in enumerate(zip(case_ids(modality.prefix, cases), classes)):
+            rgb, mask, truth = make_case(case_rng(seed, index, i), int(cls), shape, modality)
+            seg = mask if lesion_masks else field_of_view(shape).astype(np.uint8)
+            yield SynthCase(case_id, [rgb], seg, CLASSES[cls], {"seed": [seed, index, i], **truth})
+
+    with staged_datasets(specs, overwrite) as staged:
+        for index, ((_, modality, _), spec, s) in enumerate(zip(roles, specs, staged)):
+            meta = {"kind": "unpaired2d", "role": ("student", "teacher")[index], "seed": seed, "size": shape,
+                    "axes": "y, x (numpy array order)", "boxes": "inclusive [min, max] pixel indices",
+                    "lesion_masks_written": lesion_masks, "modality": asdict(modality)}
+            write_dataset(s.folder, spec, build(index, modality), cases, meta)
+    return [s.target for s in staged]
