@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -62,6 +62,8 @@ def match_case(det: Boxes, gt: Boxes, instance: Optional[np.ndarray] = None) -> 
     ``instance``: the lesion instance map (0 = background, lesion i = i + 1) or None for box
     ground truth. Returns ``(best score per lesion (L,), -inf when missed; is_fp (n,) bool)``.
     """
+    if not len(det):
+        return np.full(len(gt), -np.inf), np.zeros(0, dtype=bool)
     c = det.centers[:, None, :]  # (n, 1, D)
     if instance is not None:
         v = np.floor(det.centers + 0.5).astype(np.int64)
@@ -89,28 +91,33 @@ def label_lesions(label: np.ndarray) -> Tuple[np.ndarray, Boxes]:
     return instance, Boxes((lo + hi) / 2, lo, hi)
 
 
-def iter_ground_truth(ground_truth: str) -> Iterator[Tuple[str, Boxes, Optional[np.ndarray]]]:
-    """Yield ``(case_id, lesion boxes, instance map or None)`` from a label folder or a box CSV."""
+GroundTruth = Callable[[str], Tuple[Boxes, Optional[np.ndarray]]]
+
+
+def open_ground_truth(ground_truth: str) -> Tuple[List[str], GroundTruth]:
+    """``(case ids, load)`` for a label folder or a box CSV; ``load(case)`` gives
+    ``(lesion boxes, instance map or None)``, reading label images lazily, one at a time."""
     if os.path.isfile(ground_truth):
-        for case, boxes in read_box_csv(ground_truth, scored=False).items():
-            yield case, boxes, None
-        return
+        table = read_box_csv(ground_truth, scored=False)
+        return list(table), lambda case: (table[case], None)
     if not os.path.isdir(ground_truth):
         raise NNKDError(f"ground truth {ground_truth} is neither a box CSV nor a folder of label images")
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     files, ending = _label_files(ground_truth)
     reader = determine_reader_writer_from_file_ending(ending, verbose=False)()
-    for case, path in files.items():
+
+    def load(case: str) -> Tuple[Boxes, np.ndarray]:
         try:
-            seg, _ = reader.read_seg(path)
+            seg = reader.read_seg(files[case])[0][0]
         except Exception as e:  # readers raise anything from RuntimeError to ITK errors
-            raise NNKDError(f"cannot read label image {path}: {e}") from e
-        seg = seg[0]
+            raise NNKDError(f"cannot read label image {files[case]}: {e}") from e
         if seg.ndim == 3 and seg.shape[0] == 1:  # nnU-Net's 2D convention, as in nnkd.detection
             seg = seg[0]
         instance, boxes = label_lesions(seg)
-        yield case, boxes, instance
+        return boxes, instance
+
+    return list(files), load
 
 
 def _label_files(folder: str) -> Tuple[Dict[str, str], str]:
@@ -132,28 +139,34 @@ def _label_files(folder: str) -> Tuple[Dict[str, str], str]:
 
 def match_all(detections: Dict[str, Boxes], ground_truth: str, pred_name: str = "detections") -> Matched:
     """Match every ground-truth case against its detections (case sets must agree)."""
-    cases, fp_s, fp_c, les_s, les_c = [], [], [], [], []
-    for i, (case, gt, instance) in enumerate(iter_ground_truth(ground_truth)):
-        if case not in detections:
-            raise NNKDError(f"{pred_name}: no row for ground-truth case {case!r} (nnkd detect writes a row "
-                            "with only the case_id for cases without detections)")
+    cases, load = open_ground_truth(ground_truth)
+    known = set(cases)
+    no_gt = [c for c in detections if c not in known]
+    if no_gt:
+        raise NNKDError(f"{pred_name}: {len(no_gt)} case(s) have no ground truth in {ground_truth}: "
+                        f"{', '.join(no_gt[:10])}{' ...' if len(no_gt) > 10 else ''}")
+    no_det = [c for c in cases if c not in detections]
+    if no_det:
+        raise NNKDError(f"{pred_name}: no row for {len(no_det)} ground-truth case(s): {', '.join(no_det[:10])}"
+                        f"{' ...' if len(no_det) > 10 else ''} (nnkd detect writes a row with only the case_id "
+                        "for a case without detections)")
+    fp_s, fp_c, les_s, les_c = [], [], [], []
+    for i, case in enumerate(cases):
+        gt, instance = load(case)
         det = detections[case]
-        gt_ndim = instance.ndim if instance is not None else gt.ndim
-        if len(det) and det.ndim != gt_ndim:
-            raise NNKDError(f"case {case}: detections have {det.ndim} coordinates, ground truth {gt_ndim} axes")
-        best, is_fp = match_case(det, gt, instance) if len(det) else (np.full(len(gt), -np.inf), np.zeros(0, bool))
-        cases.append(case)
+        if len(det) and det.ndim != gt.ndim:
+            raise NNKDError(f"case {case}: detections have {det.ndim} coordinates, the ground truth {gt.ndim} axes")
+        best, is_fp = match_case(det, gt, instance)
         fp_s.append(det.scores[is_fp])
         fp_c.append(np.full(int(is_fp.sum()), i))
         les_s.append(best)
         les_c.append(np.full(len(gt), i))
-    extra = sorted(set(detections) - set(cases))
-    if extra:
-        raise NNKDError(f"{pred_name}: {len(extra)} case(s) have no ground truth in {ground_truth}: "
-                        f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
-    return Matched(cases, cat(fp_s, np.float64), cat(fp_c, np.int64), cat(les_s, np.float64), cat(les_c, np.int64),
-                   sum(len(d) for d in detections.values()))
+    return Matched(cases, _cat(fp_s, np.float64), _cat(fp_c, np.int64), _cat(les_s, np.float64),
+                   _cat(les_c, np.int64), sum(len(d) for d in detections.values()))
+
+
+def _cat(parts: list, dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
 def weighted_curves(m: Matched, weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
