@@ -21,6 +21,7 @@ from nnkd.errors import NNKDError
 from nnkd.io import write_json
 
 TRAIN_ID, TEST_ID = 990, 991
+PROGRESS_TAGS = ("Epoch ", "cls: train_loss", "Mean Validation Dice", "classification on")
 CONFIG = "3d_fullres"
 
 
@@ -94,9 +95,13 @@ class Workspace:
         env = dict(self.env, **(extra_env or {}))
         print(f"$ {' '.join(args)}", flush=True)
         t0 = time.time()
-        if log:
-            with open(log, "w") as f:
-                p = subprocess.run(args, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if log:  # everything to the log; the epoch lines to the console as progress
+            with open(log, "w") as f, subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                                       stderr=subprocess.STDOUT, text=True) as p:
+                for line in p.stdout:
+                    f.write(line)
+                    if any(tag in line for tag in PROGRESS_TAGS):
+                        print("  " + line.split(": ", 1)[-1].rstrip(), flush=True)
         else:
             p = subprocess.run(args, env=env)
         if p.returncode != 0:

@@ -127,7 +127,13 @@ def test_student_deploys_with_ct_only(ws, student, tmp_path):
         assert (tmp_path / "report" / f).is_file()
 
 
-def test_predict_refuses_bad_inputs(ws, student, tmp_path):
+def test_predict_refuses_bad_inputs(ws, student, teacher, tmp_path):
+    no_fdg = tmp_path / "no_fdg"
+    shutil.copytree(images(ws, [0, 1, 2], "all_channels"), no_fdg)
+    os.remove(no_fdg / "liver_000_0001.nii.gz")
+    p = nnkd_cli("predict", "-i", no_fdg, "-o", tmp_path / "o0", "-m", teacher, env=ws["env"], check=False)
+    assert p.returncode == 2 and "case liver_000: missing channel file(s) liver_000_0001.nii.gz" in p.stderr
+    assert "_0001=FDG" in p.stderr
     all_channels = images(ws, [0, 1, 2], "all_channels")
     p = nnkd_cli("predict", "-i", all_channels, "-o", tmp_path / "o", "-m", student, env=ws["env"], check=False)
     assert p.returncode == 2 and "wrong channel count" in p.stderr and "liver_000" in p.stderr

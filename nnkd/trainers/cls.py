@@ -44,9 +44,10 @@ class nnKDTrainerCls(nnKDTrainer):
 
     # ----------------------------------------------------------------- configuration
     def plans_nnkd_entry(self) -> Dict[str, Any]:
-        entry = super().plans_nnkd_entry()
-        entry["network"] = dict(self.kd_plan["network"], num_classes=len(case_labels(self.full_dataset_json)[0]))
-        entry["class_names"] = case_labels(self.full_dataset_json)[0]
+        entry = super().plans_nnkd_entry()  # runs inside nnKDTrainer.__init__, before self.class_names exists
+        class_names = case_labels(self.full_dataset_json)[0]
+        entry["network"] = dict(self.kd_plan["network"], num_classes=len(class_names))
+        entry["class_names"] = class_names
         return entry
 
     def extra_log_keys(self) -> List[str]:
