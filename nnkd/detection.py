@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnkd.errors import NNKDError
-from nnkd.io import write_text
+from nnkd.io import read_csv_rows, write_text
 
 Channel = Union[int, Sequence[int], None]
 
@@ -170,13 +170,7 @@ def read_box_csv(path: str, scored: bool) -> Dict[str, Boxes]:
 
     Cases keep their first-appearance order; a row with only ``case_id`` declares a case without boxes.
     """
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise NNKDError(f"cannot read box file {path}: {e.strerror or e}") from e
-    if not rows:
-        raise NNKDError(f"{path}: empty file")
+    rows = read_csv_rows(path, "box file")
     header = [h.strip() for h in rows[0]]
     ndim = sum(h.startswith("center_") for h in header)
     expected = box_columns(ndim, scored)

@@ -26,11 +26,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, _target_mode(path))  # mkstemp creates 0600; keep what a plain open() would give
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def _target_mode(path: str) -> int:
+    """The replaced file's mode, else 0666 minus the process umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _suffix(name: str) -> str:
@@ -74,3 +85,19 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def read_csv_rows(path: str | os.PathLike, what: str, expected: str = "") -> list:
+    """All rows of a CSV file; unreadable or empty files raise NNKDError naming the file."""
+    import csv
+
+    from nnkd.errors import NNKDError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise NNKDError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    if not rows:
+        raise NNKDError(f"{path}: empty file" + (f", expected header {expected}" if expected else ""))
+    return rows

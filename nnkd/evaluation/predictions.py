@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnkd.errors import NNKDError
-from nnkd.io import write_text
+from nnkd.io import read_csv_rows, write_text
 
 PROB_PREFIX = "prob_"
 SUM_TOLERANCE = 1e-3  # written probabilities carry ~8 significant digits; softmax sums are exact up to that
@@ -68,13 +68,7 @@ def write_prediction_csv(path: str | os.PathLike, case_ids: Sequence[str], probs
 def read_prediction_csv(path: str | os.PathLike) -> Predictions:
     """Read and validate a prediction CSV; every problem raises NNKDError naming the file and row."""
     path = os.fspath(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except OSError as e:
-        raise NNKDError(f"cannot read prediction file {path}: {e.strerror or e}") from e
-    if not rows:
-        raise NNKDError(f"{path}: empty file, expected header case_id,prob_<class>...,predicted,label")
+    rows = read_csv_rows(path, "prediction file", "case_id,prob_<class>...,predicted,label")
     header = [h.strip() for h in rows[0]]
     prob_cols = [i for i, h in enumerate(header) if h.startswith(PROB_PREFIX)]
     missing = [c for c in ("case_id",) if c not in header]
