@@ -289,8 +289,8 @@ def _run(cmd, roots):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kind, extra, config", [("paired3d", [], "3d_fullres"),
-                                                 ("unpaired2d", [], "2d"),
+# paired3d goes through the same check in tests/test_integration_paired.py (module fixture)
+@pytest.mark.parametrize("kind, extra, config", [("unpaired2d", [], "2d"),
                                                  ("lesion2d", [], "2d")])
 def test_cli_dataset_passes_nnunet_integrity_check(roots, kind, extra, config):
     small = ["--size", "16", "24", "24"] if kind == "paired3d" else ["--size", "32"]
