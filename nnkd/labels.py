@@ -264,6 +264,16 @@ def import_labels(dataset: str, csv_path: str, class_names: list[str] | None = N
     return documents[paths[0]][NNKD_KEY]
 
 
+NO_LESION_MASKS = {"masks": "none"}  # dataset.json "nnkd" entry: the masks carry no lesion information
+
+
+def masks_hold_lesions(dataset_json: Mapping) -> bool:
+    """False when the dataset.json's ``nnkd`` entry marks its masks as carrying no lesion information
+    (classification-only datasets whose label 1 only exists because nnU-Net cannot plan empty masks)."""
+    entry = dataset_json.get(NNKD_KEY)
+    return not (isinstance(entry, Mapping) and entry.get("masks") == NO_LESION_MASKS["masks"])
+
+
 def case_labels(dataset_json: Mapping, source: str = "dataset.json") -> tuple[list[str], dict[str, int]]:
     """(class names, {case id: class index}) from a loaded dataset.json; NNKDError naming
     ``source`` when the labels are missing or inconsistent."""

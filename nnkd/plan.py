@@ -8,8 +8,9 @@ The format is documented in ``plans/README.md``. A trainer finds its plan (first
 3. ``nnkd_plan.json`` in the dataset's ``nnUNet_preprocessed`` folder;
 4. no file: the trainer's class-level ``plan_defaults`` over the defaults below.
 
-A plan file's top-level fields replace the trainer's ``plan_defaults`` (which fill in what the
-file leaves out); ``DEFAULTS`` fill in the rest.
+A plan file's fields override the trainer's ``plan_defaults`` (which fill in what the file leaves
+out): objects (``student``, ``classification``, ...) key by key, everything else (``losses``,
+``teachers``, ...) as a whole; ``DEFAULTS`` fill in the rest.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ DEFAULTS: Dict[str, Any] = {
     "name": "default",
     "description": "",
     "seed": None,
-    "student": {"channels": None},
+    "student": {"channels": None, "train_fraction": 1.0, "init_from_teacher": False},
     "network": {"cbam": True, "cbam_reduction": 8, "head_hidden": 256, "head_dropout": 0.2},
     "classification": {
         "loss": "ce", "params": {}, "weight": 1.0, "seg_weight": 1.0,
@@ -49,6 +50,7 @@ LOSS_DEFAULTS = {"name": None, "weight": 1.0, "params": {}}
 SCHEDULE_KEYS = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
                  "initial_lr", "save_every"}
 SELECT_BEST = ("ema_dice", "auc")
+INIT_FROM_TEACHER = (False, True, "auto")
 
 
 def _fail(field: str, msg: str, source: str) -> None:
@@ -100,8 +102,14 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
     _typed(plan["description"], str, "description", source)
     _typed(plan["seed"], int, "seed", source, allow_none=True)
 
-    _check_keys(plan["student"], {"channels"}, "student", source)
-    _channels(plan["student"].get("channels"), "student.channels", source)
+    _check_keys(plan["student"], DEFAULTS["student"], "student", source)
+    student = plan["student"] = _merge(DEFAULTS["student"], plan["student"])
+    _channels(student["channels"], "student.channels", source)
+    _typed(student["train_fraction"], (int, float), "student.train_fraction", source)
+    if not 0 < student["train_fraction"] <= 1:
+        _fail("student.train_fraction", "must be within (0, 1]", source)
+    if not (isinstance(student["init_from_teacher"], bool) or student["init_from_teacher"] == "auto"):
+        _fail("student.init_from_teacher", f"must be one of {', '.join(map(json.dumps, INIT_FROM_TEACHER))}", source)
 
     _check_keys(plan["network"], DEFAULTS["network"], "network", source)
     plan["network"] = _merge(DEFAULTS["network"], plan["network"])
@@ -203,7 +211,7 @@ def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
 
 
 def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Read and validate a plan file; its top-level fields replace those of ``defaults``."""
+    """Read and validate a plan file over ``defaults`` (objects merged key by key, lists replaced)."""
     if not os.path.isfile(path):
         raise NNKDError(f"distillation plan not found: {path}")
     try:
@@ -213,7 +221,11 @@ def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str,
         raise NNKDError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise NNKDError(f"{path}: a plan must be a JSON object")
-    return validate_plan(dict(copy.deepcopy(defaults or {}), **raw), source=path)
+    merged = copy.deepcopy(defaults or {})
+    for key, value in raw.items():
+        base = merged.get(key)
+        merged[key] = dict(base, **value) if isinstance(base, dict) and isinstance(value, dict) else value
+    return validate_plan(merged, source=path)
 
 
 def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],

@@ -128,16 +128,16 @@ def test_detection_delegates_to_froc(data, monkeypatch, capsys):
     tmp_path, _, _ = data
     calls = []
 
-    def froc_report(pred_csv, ground_truth, out_dir, n_bootstrap, seed):
-        calls.append((pred_csv, ground_truth, out_dir, n_bootstrap, seed))
+    def froc_report(pred_csv, ground_truth, out_dir, n_bootstrap, seed, allow_missing):
+        calls.append((pred_csv, ground_truth, out_dir, n_bootstrap, seed, allow_missing))
         return {"mean_sensitivity": 0.8125, "mean_sensitivity_ci95": [0.7, 0.9], "n_lesions": 12,
                 "fp_rates": [1.0, 2.0], "sensitivity": [0.75, 0.875], "sensitivity_ci95": [[0.5, 1.0], [0.6, 1.0]],
                 "curve": {"fp_per_case": [0.0, 1.0]}}
 
     monkeypatch.setitem(sys.modules, "nnkd.evaluation.froc", types.SimpleNamespace(froc_report=froc_report))
     assert main(["evaluate", "det.csv", "--detection", "--labels", "gt", "-o", "out", "--n-bootstrap", "7",
-                 "--seed", "3"]) == 0
-    assert calls == [("det.csv", "gt", "out", 7, 3)]
+                 "--seed", "3", "--allow-missing"]) == 0
+    assert calls == [("det.csv", "gt", "out", 7, 3, True)]
     printed = capsys.readouterr().out
     assert "mean_sensitivity: 0.8125 [0.7000, 0.9000]" in printed and "n_lesions: 12" in printed
     assert "sensitivity at 2 FP/case: 0.8750 [0.6000, 1.0000]" in printed and "curve" not in printed

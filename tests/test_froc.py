@@ -187,3 +187,14 @@ def test_unreadable_label_image_names_the_file(tmp_path):
         f.write(b"not an image")
     with pytest.raises(NNKDError, match=r"Q\.nii\.gz"):
         match_all({"P": _det([]), "N": _det([]), "Q": _det([])}, gt)
+
+
+def test_allow_missing_evaluates_only_the_cases_with_rows(tmp_path):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("case_id,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
+                  "A,10,10,8,8,12,12\nB,20,20,18,18,22,22\n")
+    dets = {"A": _det([(0.9, (10, 10))])}
+    with pytest.raises(NNKDError, match="no row for 1 ground-truth case"):
+        match_all(dets, str(gt))
+    m = match_all(dets, str(gt), allow_missing=True)
+    assert m.n_cases == 1 and len(m.lesion_scores) == 1

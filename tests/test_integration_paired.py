@@ -35,7 +35,7 @@ def ws(tmp_path_factory):
     env["NNKD_PLAN"] = ""
     nnkd_cli("synth", "paired3d", "--id", DS, "--cases", 10, "--size", 16, 32, 32, env=env)
     run_cli([tool("nnUNetv2_plan_and_preprocess"), "-d", str(DS), "-c", "3d_fullres", "-np", "1",
-             "--verify_dataset_integrity"], env=env)
+             "-npfp", "1", "--verify_dataset_integrity"], env=env)
     name = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{DS:03d}")][0]
     return {"root": root, "env": env, "name": name}
 

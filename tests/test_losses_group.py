@@ -385,3 +385,31 @@ def test_refine_cam_respects_image_edges():
     assert 0 <= float(sharp.min()) and float(sharp.max()) <= 1
     leak = lambda m: float(m[..., 4:].mean() / m[..., :4].mean())  # noqa: E731
     assert leak(sharp) < 0.5 * leak(flat)
+
+
+def test_image_level_pairs_images_by_index():
+    """level='image': pair j is its own group; equals group level when every class has one image per side."""
+    y = torch.tensor([0, 1, 2])
+    f_s, f_t = _data(y, y)
+    batch = _batch(y, y)
+    group = _loss("pagkd", level="group")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], batch)
+    image = _loss("pagkd", level="image")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], batch)
+    for term in ("pro", "pcls", "den"):
+        assert torch.allclose(group[term], image[term], atol=1e-6), term
+
+    y2 = torch.tensor([0, 0, 1, 1])  # two images per class: the levels differ, gradients still reach the student
+    f_s, f_t = _data(y2, y2, seed=3)
+    group = _loss("pagkd", level="group")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(y2, y2))
+    image = _loss("pagkd", level="image")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(y2, y2))
+    assert not torch.allclose(group["pro"], image["pro"])
+    (image["pro"] + image["pcls"] + image["den"]).backward()
+    assert f_s.grad is not None and f_s.grad.abs().sum() > 0
+
+
+def test_image_level_needs_index_matched_classes():
+    y_s, y_t = torch.tensor([0, 1]), torch.tensor([1, 0])
+    f_s, f_t = _data(y_s, y_t)
+    with pytest.raises(NNKDError, match="level='image' needs the teacher batch matched"):
+        _loss("pagkd", level="image")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(y_s, y_t))
+    with pytest.raises(ValueError, match="level 'pixel'"):
+        _loss("pagkd", level="pixel")

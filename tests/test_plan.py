@@ -84,3 +84,24 @@ def test_resolve_channels():
         resolve_channels(["PET"], names, "teachers[0].channels")
     with pytest.raises(NNKDError, match="channel 3 does not exist"):
         resolve_channels([3], names, "f")
+
+
+def test_plan_file_merges_objects_over_trainer_defaults_and_replaces_lists(tmp_path):
+    defaults = {"student": {"init_from_teacher": "auto"}, "classification": {"loss": "focal", "weight": 0.0},
+                "losses": [{"name": "lskd", "weight": 1.0}]}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"student": {"train_fraction": 0.1}, "classification": {"weight": 2.0},
+                                "losses": [{"name": "image_kd"}]}))
+    plan = load_plan(str(path), defaults)
+    assert plan["student"] == {"channels": None, "train_fraction": 0.1, "init_from_teacher": "auto"}
+    assert (plan["classification"]["loss"], plan["classification"]["weight"]) == ("focal", 2.0)
+    assert [loss["name"] for loss in plan["losses"]] == ["image_kd"]
+
+
+@pytest.mark.parametrize("student, field", [({"train_fraction": 0}, "student.train_fraction"),
+                                            ({"train_fraction": 1.5}, "student.train_fraction"),
+                                            ({"init_from_teacher": "yes"}, "student.init_from_teacher"),
+                                            ({"init_from_teacher": 1}, "student.init_from_teacher")])
+def test_student_fields_are_validated(student, field):
+    with pytest.raises(NNKDError, match=f"field '{field}'"):
+        validate_plan({"student": student}, "p.json")

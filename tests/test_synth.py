@@ -278,8 +278,7 @@ def test_interrupted_generation_leaves_nothing(roots, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# the CLI and nnU-Net's own integrity check: subprocesses that spawn nnU-Net's worker processes,
-# about a minute per kind on 2 busy cores (deselect with -m "not integration")
+# the CLI
 
 
 def _run(cmd, roots):
@@ -288,24 +287,16 @@ def _run(cmd, roots):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.integration
-# paired3d goes through the same check in tests/test_integration_paired.py (module fixture)
-@pytest.mark.parametrize("kind, extra, config", [("unpaired2d", [], "2d"),
-                                                 ("lesion2d", [], "2d")])
-def test_cli_dataset_passes_nnunet_integrity_check(roots, kind, extra, config):
-    small = ["--size", "16", "24", "24"] if kind == "paired3d" else ["--size", "32"]
-    made = _run([sys.executable, "-m", "nnkd.cli", "synth", kind, "--id", "81", "--cases", "4", *small, *extra], roots)
-    assert made.returncode == 0, made.stderr
-    ids = ["81"] if kind == "paired3d" else ["81", "82"]
-    assert f"nnUNetv2_plan_and_preprocess -d {' '.join(ids)} -c {config}" in made.stdout
-    planned = _run(["nnUNetv2_plan_and_preprocess", "-d", *ids, "-c", config, "-np", "1", "-npfp", "1",
-                    "--verify_dataset_integrity"], roots)
-    assert planned.returncode == 0, planned.stdout[-3000:] + planned.stderr[-3000:]
-    assert "verify_dataset_integrity Done" in planned.stdout
-    for folder in os.listdir(roots["nnUNet_preprocessed"]):
-        doc = _load(roots["nnUNet_preprocessed"] / folder, "dataset.json")
-        assert len(L.case_labels(doc)[1]) == 4  # the labels travelled into nnUNet_preprocessed
-        assert os.path.isdir(roots["nnUNet_preprocessed"] / folder / f"nnUNetPlans_{config}")
+# Every kind passes nnU-Net's own integrity check (nnUNetv2_plan_and_preprocess --verify_dataset_integrity)
+# in the integration modules' fixtures: paired3d in test_integration_paired.py, unpaired2d and lesion2d
+# in test_integration_unpaired.py.
 
-    again = _run([sys.executable, "-m", "nnkd.cli", "synth", kind, "--id", "81", "--cases", "4", *small], roots)
+
+def test_cli_refuses_an_existing_dataset(roots):
+    made = _run([sys.executable, "-m", "nnkd.cli", "synth", "lesion2d", "--id", "81", "--cases", "4", "--size", "32"],
+                roots)
+    assert made.returncode == 0, made.stderr
+    assert "nnUNetv2_plan_and_preprocess -d 81 82 -c 2d" in made.stdout
+    again = _run([sys.executable, "-m", "nnkd.cli", "synth", "lesion2d", "--id", "81", "--cases", "4", "--size", "32"],
+                 roots)
     assert again.returncode == 2 and "nnkd: error:" in again.stderr and "--overwrite" in again.stderr

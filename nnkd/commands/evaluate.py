@@ -141,7 +141,8 @@ def _run_detection(args) -> int:
         raise NNKDError("--detection needs the ground truth through --labels")
     from nnkd.evaluation.froc import froc_report
 
-    summary = froc_report(args.predictions[0], args.labels, args.output, args.n_bootstrap, args.seed)
+    summary = froc_report(args.predictions[0], args.labels, args.output, args.n_bootstrap, args.seed,
+                          args.allow_missing)
     print(format_detection_summary(summary))
     print(f"report: {os.path.abspath(args.output)}")
     return 0

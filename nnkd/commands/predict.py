@@ -10,6 +10,10 @@ from typing import Dict, List
 from nnkd.errors import NNKDError
 
 
+#: endings nnU-Net reads with its natural-image reader, where one file may hold several channels (RGB)
+MULTI_CHANNEL_FILE_ENDINGS = (".png", ".bmp", ".tif")
+
+
 def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) -> Dict[str, List[str]]:
     """{case id: [file per channel]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors name the case."""
     if not os.path.isdir(folder):
@@ -26,6 +30,10 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) ->
     expected = ", ".join(f"_{int(k):04d}={v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))
     cases = {}
     for case, files in found.items():
+        if file_ending in MULTI_CHANNEL_FILE_ENDINGS and sorted(files) == list(range(len(files))) and len(files) <= n:
+            # one natural image file holds several channels (RGB = 3): counted after reading
+            cases[case] = [files[c] for c in range(len(files))]
+            continue
         missing = [c for c in range(n) if c not in files]
         extra = sorted(set(files) - set(range(n)))
         if missing:
@@ -81,6 +89,10 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
                                                    predictor.configuration_manager, dataset_json)
         except Exception as e:  # readers raise many types; name the case
             raise NNKDError(f"case {case}: cannot read {', '.join(map(os.path.basename, files))}: {e}") from None
+        if data.shape[0] != len(dataset_json["channel_names"]):
+            raise NNKDError(f"case {case}: wrong channel count: {', '.join(map(os.path.basename, files))} hold "
+                            f"{data.shape[0]} channel(s), the model reads {len(dataset_json['channel_names'])}: "
+                            f"{', '.join(dataset_json['channel_names'].values())}")
         with torch.no_grad():
             logits, p = predict_case(predictor, torch.from_numpy(np.ascontiguousarray(data)).float(), ensemble=True)
         with tempfile.TemporaryDirectory(dir=output_folder, prefix=".tmp_") as tmp:

@@ -137,9 +137,15 @@ def _label_files(folder: str) -> Tuple[Dict[str, str], str]:
     return files, found.pop()
 
 
-def match_all(detections: Dict[str, Boxes], ground_truth: str, pred_name: str = "detections") -> Matched:
-    """Match every ground-truth case against its detections (case sets must agree)."""
+def match_all(detections: Dict[str, Boxes], ground_truth: str, pred_name: str = "detections",
+              allow_missing: bool = False) -> Matched:
+    """Match every ground-truth case against its detections (case sets must agree; with
+    ``allow_missing`` only the ground-truth cases that have a row are evaluated)."""
     cases, load = open_ground_truth(ground_truth)
+    if allow_missing:
+        cases = [c for c in cases if c in detections]
+        if not cases:
+            raise NNKDError(f"{pred_name}: no case in common with the ground truth {ground_truth}")
     known = set(cases)
     no_gt = [c for c in detections if c not in known]
     if no_gt:
@@ -214,13 +220,14 @@ def interp_rows(x: np.ndarray, fps: np.ndarray, sens: np.ndarray) -> np.ndarray:
     return y0 + t * (y1 - y0)
 
 
-def froc_report(pred_csv: str, ground_truth: str, out_dir: str, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+def froc_report(pred_csv: str, ground_truth: str, out_dir: str, n_bootstrap: int = 1000, seed: int = 0,
+                allow_missing: bool = False) -> dict:
     """FROC of ``pred_csv`` against ``ground_truth``; writes ``out_dir/froc.json`` and ``froc.png``.
 
     Returns the report: sensitivities at 1-4 FP/case, their mean, sensitivity at 2 FP/case (each
     with a 95 % bootstrap CI), case/lesion/detection counts and the curve.
     """
-    m = match_all(read_box_csv(pred_csv, scored=True), ground_truth, pred_csv)
+    m = match_all(read_box_csv(pred_csv, scored=True), ground_truth, pred_csv, allow_missing)
     if not len(m.lesion_scores):
         raise NNKDError(f"{ground_truth}: no lesion in any case; sensitivity is undefined")
     rates = np.asarray(FP_RATES)

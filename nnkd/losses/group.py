@@ -15,7 +15,12 @@ are skipped entirely (neither anchors nor negatives). Before ``warmup_epochs`` e
 zero that depends on the inputs and on every parameter of the loss, so DDP sees the same
 parameters used in every step.
 
-Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True); the options of
+``level`` ("group", the paper; "image": the paper's image-level ablation): each student image j
+forms a group with teacher image j alone, which the class-matched teacher stream guarantees to
+have the same class; prototypes, contrast negatives (the other pairs) and dense pairs are then
+per image pair, and GKD-Den sums over pairs instead of classes.
+
+Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True), ``level``; the options of
 :class:`~nnkd.losses.group_pro.GroupPrototypeLoss` and/or
 :class:`~nnkd.losses.group_dense.GroupDenseLoss`, passed flat (an unknown name is a TypeError
 listing the known ones).
@@ -38,6 +43,7 @@ from nnkd.nets.outputs import NetOutputs
 
 _COMPONENTS = {"pro": (GroupPrototypeLoss, ("pro", "pcls")), "den": (GroupDenseLoss, ("den",))}
 _BUILT_BY_US = {"self", "embed_dim", "num_classes"}
+LEVELS = ("group", "image")
 
 
 def _options_of(cls) -> set:
@@ -58,13 +64,17 @@ class _GroupKD(nn.Module):
     parts: Sequence[str] = ()
 
     def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]], num_classes: int,
-                 embed_dim: int = 128, warmup_epochs: int = 5, gather: bool = True, **options):
+                 embed_dim: int = 128, warmup_epochs: int = 5, gather: bool = True, level: str = "group",
+                 **options):
         super().__init__()
+        if level not in LEVELS:
+            raise ValueError(f"loss {self.name!r}: level {level!r}; known: {', '.join(LEVELS)}")
+        self.level = level
         known = set().union(*(_options_of(_COMPONENTS[p][0]) for p in self.parts))
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"loss {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"known: embed_dim, warmup_epochs, gather, {', '.join(sorted(known))}")
+                            f"known: embed_dim, warmup_epochs, gather, level, {', '.join(sorted(known))}")
         self.num_classes, self.warmup_epochs, self.gather = num_classes, warmup_epochs, gather
         self.embed_s = nn.Linear(student_widths[-1], embed_dim)
         self.embed_t = nn.Linear(teacher_widths[0][-1], embed_dim)
@@ -113,6 +123,8 @@ class _GroupKD(nn.Module):
             if rel_s is not None:
                 rel_s, rel_t = all_gather_with_grad(rel_s), all_gather_with_grad(rel_t)
 
+        if self.level == "image":
+            return self._image_level(tok_s, y_s, rel_s, tok_t, y_t, rel_t)
         present_s = torch.bincount(y_s, minlength=self.num_classes) > 0
         present_t = torch.bincount(y_t, minlength=self.num_classes) > 0
         classes = (present_s & present_t).nonzero().view(-1)
@@ -125,6 +137,22 @@ class _GroupKD(nn.Module):
                 out.update(self.den(tok_s, y_s, rel_s, tok_t, y_t, rel_t, classes))
             out[self.terms[0]] = out[self.terms[0]] + zero  # every parameter in the graph, every step
         out["n_skipped_classes"] = (present_s ^ present_t).sum().to(zero.dtype).detach()
+        return out
+
+    def _image_level(self, tok_s: Tensor, y_s: Tensor, rel_s, tok_t: Tensor, y_t: Tensor, rel_t) -> Dict[str, Tensor]:
+        """Every index-matched (student j, teacher j) pair is its own group (``level="image"``)."""
+        if y_s.shape != y_t.shape or not bool((y_s == y_t).all()):
+            raise NNKDError(f"loss {self.name!r}: level='image' needs the teacher batch matched to the student's "
+                            f"image by image (same class at every index), as the unpaired teacher stream draws it")
+        pairs = torch.arange(y_s.numel(), device=y_s.device)
+        zero = self._zero(tok_s, tok_t)
+        out = {t: zero for t in self.terms}
+        if self.pro is not None:
+            out.update(self.pro(tok_s, pairs, tok_t, pairs, pairs, group_classes=y_s))
+        if self.den is not None:
+            out.update(self.den(tok_s, pairs, rel_s, tok_t, pairs, rel_t, pairs))
+        out[self.terms[0]] = out[self.terms[0]] + zero
+        out["n_skipped_classes"] = zero.detach()
         return out
 
 

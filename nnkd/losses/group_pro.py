@@ -137,8 +137,12 @@ class GroupPrototypeLoss(nn.Module):
             q = block(q, tokens, pad)
         return q
 
-    def forward(self, tok_s: Tensor, y_s: Tensor, tok_t: Tensor, y_t: Tensor, classes: Tensor) -> dict:
-        """Weighted ``{"pro", "pcls"}`` for the G ``classes`` present in both modalities."""
+    def forward(self, tok_s: Tensor, y_s: Tensor, tok_t: Tensor, y_t: Tensor, classes: Tensor,
+                group_classes: Optional[Tensor] = None) -> dict:
+        """Weighted ``{"pro", "pcls"}`` for the G groups ``classes`` present in both modalities.
+
+        ``y_s``/``y_t`` are group ids (the class, for group-level KD); ``group_classes`` (default:
+        ``classes``) is each group's class, the target of the prototype classification."""
         g = classes.numel()
         slots = max(int(torch.bincount(y_s)[classes].max()), int(torch.bincount(y_t)[classes].max()))
         seq_s, pad_s = self.group_tokens(tok_s, y_s, classes, slots)
@@ -150,5 +154,6 @@ class GroupPrototypeLoss(nn.Module):
         protos = self.prototypes(torch.cat([seq_s, seq_t]), torch.cat([pad_s, pad_t])).float()
         p_s, p_t = protos[:g], protos[g:]
         pro = prototype_contrastive(p_s, p_t, self.similarity, self.tau, self.softmax_one)
-        pcls = F.cross_entropy(self.classifier(protos.mean(1)), classes.repeat(2))
+        target = classes if group_classes is None else group_classes
+        pcls = F.cross_entropy(self.classifier(protos.mean(1)), target.repeat(2))
         return {"pro": self.weight * pro, "pcls": self.weight * pcls}

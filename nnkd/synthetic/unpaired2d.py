@@ -11,8 +11,10 @@ pattern's structure separates them.
 Written as png (one ``_0000.png`` RGB file per case, nnU-Net's natural-image reader). The image is
 black outside a round field of view, as endoscopy frames are. Without ``lesion_masks`` the masks
 hold no lesion information: label 1 is that field of view (all-background masks would crash
-nnU-Net's fingerprint extraction, which needs foreground voxels); with ``lesion_masks`` label 1 is
-the polyp. The images are the same either way, and the truth file has the polyp box either way.
+nnU-Net's fingerprint extraction, which needs foreground voxels) and dataset.json's ``nnkd`` entry
+says ``"masks": "none"``, so nnkd's classification trainer trains the head alone; with
+``lesion_masks`` label 1 is the polyp. The images are the same either way, and the truth file has
+the polyp box either way.
 """
 from __future__ import annotations
 
@@ -21,9 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from nnkd.labels import NNKD_KEY, NO_LESION_MASKS
 from nnkd.synthetic import geometry, textures
-from nnkd.synthetic.rawdataset import (DatasetSpec, SynthCase, balanced_classes, case_ids, case_rng, check_cases,
-                                       check_size, lesion_truth, staged_datasets, write_dataset)
+from nnkd.synthetic.rawdataset import (DatasetSpec, SynthCase, balanced_classes, case_ids, case_rng,
+                                       check_cases, check_size, lesion_truth, staged_datasets, write_dataset)
 
 CLASSES = ("adenoma", "hyperplastic", "serrated")
 CHANNELS = {"0": "R", "1": "G", "2": "B"}
@@ -125,7 +128,8 @@ def generate(dataset_id: int, cases: int = DEFAULT_CASES, seed: int = 0, size=DE
              (dataset_id + 1, teacher, "teacher: narrow-band-like, class pattern clear"))
     specs = [DatasetSpec(i, f"{name}_{m.name}", CHANNELS, LABELS if lesion_masks else FOV_LABELS, list(CLASSES), ".png",
                          f"Synthetic endoscopy polyps ({role}); case class = surface pattern; "
-                         f"unpaired with Dataset{dataset_id + (i == dataset_id):03d}.")
+                         f"unpaired with Dataset{dataset_id + (i == dataset_id):03d}.",
+                         extra={} if lesion_masks else {NNKD_KEY: dict(NO_LESION_MASKS)})
              for i, m, role in roles]
 
     def build(index: int, modality: EndoscopyModality):

@@ -17,11 +17,12 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from torch._dynamo import OptimizedModule
 
 import nnkd
+from nnkd.data.wait import TimedLoader
 from nnkd.errors import NNKDError
 from nnkd.io import torch_save, write_json
 from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_channels, resolve_plan
 from nnkd.trainers.channels import channel_subset_dataset_class, subset_dataset_json, subset_plans
-from nnkd.trainers.progress import NNKDLocalLogger
+from nnkd.trainers.progress import DATA_WAIT_KEY, NNKDLocalLogger
 
 
 class nnKDTrainer(nnUNetTrainer):
@@ -55,7 +56,7 @@ class nnKDTrainer(nnUNetTrainer):
 
         local = NNKDLocalLogger(self.logger.local_logger.verbose)
         local.my_fantastic_logging.update(self.logger.local_logger.my_fantastic_logging)
-        local.add_keys(self.extra_log_keys())
+        local.add_keys([DATA_WAIT_KEY, *self.extra_log_keys()])
         self.logger.local_logger = local
 
     # ----------------------------------------------------------------- configuration hooks
@@ -148,12 +149,22 @@ class nnKDTrainer(nnUNetTrainer):
     # ----------------------------------------------------------------- files
     def on_train_start(self):
         super().on_train_start()
+        self.dataloader_train = TimedLoader(self.dataloader_train)
         if self.local_rank == 0:
             write_json(os.path.join(self.output_folder, PLAN_FILENAME), self.kd_plan)
             if self.uses_channel_subset:  # results folder must describe the student's inputs only
                 write_json(os.path.join(self.output_folder_base, "plans.json"),
                            subset_plans(self.plans_manager.plans, self.input_channels))
                 write_json(os.path.join(self.output_folder_base, "dataset.json"), self.dataset_json)
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        waits = self.dataloader_train.take() if isinstance(self.dataloader_train, TimedLoader) else []
+        total = float(np.sum(waits)) if waits else 0.0
+        self.logger.log(DATA_WAIT_KEY, total, self.current_epoch)
+        if waits:
+            self.print_to_log_file(f"data wait: {1000 * total / len(waits):.1f} ms per iteration "
+                                   f"(median {1000 * float(np.median(waits)):.1f} ms, max {1000 * max(waits):.0f} ms)")
 
     def _bare_network(self) -> torch.nn.Module:
         mod = self.network.module if self.is_ddp else self.network
@@ -198,6 +209,6 @@ class nnKDTrainer(nnUNetTrainer):
             raise NNKDError(f"{filename_or_checkpoint} was trained with plan '{entry['plan']['name']}' "
                             f"({entry.get('plan_source')}), not with {self.kd_plan_source}")
         super().load_checkpoint(filename_or_checkpoint)
-        self.logger.local_logger.add_keys(self.extra_log_keys())
+        self.logger.local_logger.add_keys([DATA_WAIT_KEY, *self.extra_log_keys()])
         if entry is not None:
             self.restore_nnkd_checkpoint_entry(entry)

@@ -83,10 +83,31 @@ class nnKDTrainerCls(nnKDTrainer):
         tr, val = super().get_tr_and_val_datasets()
         self._check_labels(tr.identifiers, "training")
         self._check_labels(val.identifiers, "validation")
+        keys = list(tr.identifiers)
+        fraction = self.kd_plan["student"]["train_fraction"]
+        if fraction < 1:
+            keys = self._fraction_of(keys, fraction)
         if self.kd_plan["classification"]["balanced_sampling"]:
-            tr = self.dataset_class(self.preprocessed_dataset_folder, self._balanced_identifiers(tr.identifiers),
+            keys = self._balanced_identifiers(keys)
+        if keys != list(tr.identifiers):
+            tr = self.dataset_class(self.preprocessed_dataset_folder, keys,
                                     folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
         return tr, val
+
+    def _fraction_of(self, keys: List[str], fraction: float) -> List[str]:
+        """A class-stratified ``fraction`` of the training cases (at least one per class), the same for every
+        run of this fold and plan seed: the low-data regime of a plan's ``student.train_fraction``."""
+        rng = np.random.default_rng([self.fold if isinstance(self.fold, int) else 0, self.kd_plan["seed"] or 0])
+        keys = sorted(keys)
+        classes = np.array([self.case_to_class[k] for k in keys])
+        chosen = []
+        for c in np.unique(classes):
+            members = np.flatnonzero(classes == c)
+            n = max(1, int(round(fraction * len(members))))
+            chosen.extend(rng.choice(members, n, replace=False).tolist())
+        out = [keys[i] for i in sorted(chosen)]
+        self.print_to_log_file(f"student.train_fraction {fraction}: training on {len(out)} of {len(keys)} cases")
+        return out
 
     def _balanced_identifiers(self, keys: List[str], resolution: int = 100) -> List[str]:
         # nnU-Net's loader draws uniformly from dataset.identifiers and its constructor offers no
@@ -100,6 +121,13 @@ class nnKDTrainerCls(nnKDTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        from nnkd.labels import masks_hold_lesions
+
+        if not masks_hold_lesions(self.full_dataset_json):  # label 1 only keeps nnU-Net's planner working
+            self.classification_only = True
+            self.print_to_log_file('dataset.json says "masks": "none" (no lesion information): '
+                                   'training the classification head alone')
+            return
         props = [os.path.join(self.preprocessed_dataset_folder, f"{k}.pkl") for k in self.do_split()[0]]
         has_fg = any(any(len(v) for lab, v in load_pickle(p)["class_locations"].items() if lab > 0)
                      for p in props if os.path.isfile(p))

@@ -48,20 +48,28 @@ class LossBank(nn.Module):
 class nnKDTrainerDistill(nnKDTrainerCls):
     """Student distilled from the plan's paired teachers with any combination of registered losses."""
 
+    #: which teachers this trainer distils from: True = paired (channels of the student's patch),
+    #: False = unpaired (their own datasets, see nnkd.trainers.unpaired)
+    paired_teachers: bool = True
+    #: whether the plan must name at least one teacher
+    requires_teachers: bool = True
+
     def initialize(self):
         super().initialize()
         plan = self.kd_plan
-        if plan["modality_dropout"] is not None:
+        if self.paired_teachers and plan["modality_dropout"] is not None and plan["teachers"]:
             raise NNKDError(f"{self.kd_plan_source}: field 'modality_dropout': paired teachers read the same "
                             f"augmented patch, so dropping channels there would blind the teacher too; train "
                             f"the multi-modal teacher with modality dropout (nnKDTrainerCls) instead")
-        if not plan["teachers"]:
+        if self.requires_teachers and not plan["teachers"]:
             raise NNKDError(f"{self.__class__.__name__} needs teachers: the plan {self.kd_plan_source} has none "
                             f"(see plans/README.md, field 'teachers')")
-        unpaired = [t["name"] for t in plan["teachers"] if not t["paired"]]
-        if unpaired:
-            raise NNKDError(f"{self.__class__.__name__} distils from paired teachers; unpaired teacher(s) "
-                            f"{unpaired} need an unpaired trainer")
+        wrong = [t["name"] for t in plan["teachers"] if t["paired"] != self.paired_teachers]
+        if wrong:
+            kind, other = ("paired", "unpaired") if self.paired_teachers else ("unpaired", "paired")
+            raise NNKDError(f"{self.kd_plan_source}: {self.__class__.__name__} distils from {kind} teachers; "
+                            f"{other} teacher(s) {wrong} need a{'n' if other == 'unpaired' else ''} {other} trainer "
+                            f"(field 'teachers[i].paired')")
         self.teachers: List[Teacher] = load_teachers(
             plan["teachers"], self.full_dataset_json["channel_names"], self.class_names,
             len(self.configuration_manager.patch_size), self.device)
@@ -93,9 +101,12 @@ class nnKDTrainerDistill(nnKDTrainerCls):
 
     def compute_losses(self, out, b: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         terms = super().compute_losses(out, b)
+        if not self.loss_bank.losses:  # e.g. a teacher-initialised baseline without KD: no teacher forward
+            return terms
         teacher_out = self.teacher_outputs(b)
         n = len(teacher_out)
-        b = dict(b, teacher_class_target=[b["class_target"]] * n, teacher_seg_target=[b["seg_target"]] * n)
+        # paired teachers see the student's patch, so they share its targets; unpaired batches bring their own
+        b = {"teacher_class_target": [b["class_target"]] * n, "teacher_seg_target": [b["seg_target"]] * n, **b}
         terms.update(self.loss_bank_call(out, teacher_out, b))
         return terms
 

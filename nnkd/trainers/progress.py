@@ -17,6 +17,7 @@ from nnkd.io import save_figure  # noqa: E402
 
 KD_PREFIX = "kd/"   # distillation terms (train)
 CLS_PREFIX = "cls/"  # classification loss and metrics
+DATA_WAIT_KEY = "time/data_wait"  # seconds per epoch the training loop waited for batches
 
 
 class NNKDLocalLogger(LocalLogger):
@@ -70,6 +71,8 @@ class NNKDLocalLogger(LocalLogger):
         ax = axes[3]
         ax.plot(x, [e - s for s, e in zip(log["epoch_start_timestamps"][:n], log["epoch_end_timestamps"][:n])],
                 "b-", label="epoch duration [s]", **mk)
+        if len(log.get(DATA_WAIT_KEY, [])) >= n:
+            ax.plot(x, log[DATA_WAIT_KEY][:n], "m-", label="waiting for data [s]", **mk)
         ax.set_ylabel("time [s]")
         ax3 = ax.twinx()
         ax3.plot(x, log["lrs"][:n], "k--", label="learning rate", **mk)

@@ -1,0 +1,1 @@
+"""Data streams beyond nnU-Net's loader: the unpaired, class-matched teacher batches."""
