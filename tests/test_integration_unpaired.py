@@ -137,7 +137,7 @@ for _ in range(4):
                 sorted(set(b["teacher_keys"][0]) - set(tr.teacher_data[0].sampler.case_to_class))])
 # the losses get the teacher batch's own targets, not the student's
 seen = dict()
-tr.loss_bank_call = lambda student, teachers, batch: seen.update(batch) or {}
+tr.loss_bank_call = lambda student, teachers, batch: seen.update(batch) or dict()
 b = tr.make_batch(next(gen))
 tr.compute_losses(tr.forward_student(b), b)
 own = seen["teacher_seg_target"][0] is b["teacher_seg_target"][0] and seen["teacher_class_target"][0] is b["teacher_class_target"][0]
