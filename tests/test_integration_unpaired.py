@@ -35,8 +35,8 @@ def ws(tmp_path_factory):
         os.makedirs(v)
     env["nnUNet_extTrainer"] = ext_trainer_value("")
     env["NNKD_PLAN"] = ""
-    nnkd_cli("synth", "unpaired2d", "--id", POLYP, "--cases", 24, "--size", 32, 32, env=env)
-    nnkd_cli("synth", "lesion2d", "--id", LESION, "--cases", 24, "--size", 32, 32, env=env)
+    nnkd_cli("synth", "unpaired2d", "--id", POLYP, "--cases", 16, "--size", 32, 32, env=env)
+    nnkd_cli("synth", "lesion2d", "--id", LESION, "--cases", 16, "--size", 32, 32, env=env)
     ids = [str(i) for i in (POLYP, POLYP + 1, LESION, LESION + 1)]
     planned = run_cli([tool("nnUNetv2_plan_and_preprocess"), "-d", *ids, "-c", "2d", "-np", "1", "-npfp", "1",
                        "--verify_dataset_integrity"], env=env)
@@ -44,7 +44,7 @@ def ws(tmp_path_factory):
     names = {int(d[7:10]): d for d in os.listdir(env["nnUNet_raw"])}
     for name in names.values():  # the case labels travelled into nnUNet_preprocessed
         doc = json.load(open(os.path.join(env["nnUNet_preprocessed"], name, "dataset.json")))
-        assert len(doc["nnkd"]["case_labels"]) == 24
+        assert len(doc["nnkd"]["case_labels"]) == 16
     return {"root": root, "env": env, "names": names}
 
 
@@ -112,7 +112,7 @@ def test_pagkd_student_trains_predicts_and_evaluates(ws, nbi_teacher, tmp_path):
     assert os.path.isfile(os.path.join(folder, "fold_0", "progress.png"))
 
     out = tmp_path / "pred"
-    nnkd_cli("predict", "-i", some_images(ws, POLYP, 6, "wli"), "-o", out, "-m", folder, "-f", "0",
+    nnkd_cli("predict", "-i", some_images(ws, POLYP, 4, "wli"), "-o", out, "-m", folder, "-f", "0",
              "-device", "cpu", env=ws["env"])
     nnkd_cli("evaluate", out / "classification.csv", "--labels", POLYP, "--allow-missing", "-o", tmp_path / "report",
              "--n-bootstrap", 50, env=ws["env"])
@@ -182,8 +182,9 @@ def test_comoto_student_detections_and_froc(ws, impa_teacher, tmp_path):
     assert "kd/lskd/lskd:" in log
 
     pred = tmp_path / "pred"
-    run_cli([tool("nnUNetv2_predict"), "-i", some_images(ws, LESION, 6, "dbt"), "-o", str(pred), "-d", str(LESION),
-             "-c", "2d", "-tr", "nnKDTrainerCoMoTo", "-f", "0", "--save_probabilities", "-device", "cpu"],
+    run_cli([tool("nnUNetv2_predict"), "-i", some_images(ws, LESION, 4, "dbt"), "-o", str(pred), "-d", str(LESION),
+             "-c", "2d", "-tr", "nnKDTrainerCoMoTo", "-f", "0", "--save_probabilities", "-device", "cpu",
+             "-npp", "1", "-nps", "1"],
             env=ws["env"])
     nnkd_cli("detect", "-i", pred, "-o", tmp_path / "det.csv", "--threshold", 0.3, env=ws["env"])
     labels = os.path.join(ws["env"]["nnUNet_raw"], ws["names"][LESION], "labelsTr")
