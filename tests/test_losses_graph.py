@@ -262,3 +262,128 @@ def test_weights_scale_terms():
     torch.testing.assert_close(scaled["node"], 2 * base["node"])
     torch.testing.assert_close(scaled["edge"], 0 * base["edge"])
     torch.testing.assert_close(scaled["gw"], 0.5 * base["gw"])
+
+
+# ---------------------------------------------------------------- fast paths (same results as the reference paths)
+@pytest.mark.parametrize("shape", [(3, 17, 19), (2, 6, 9, 11), (1, 1, 5)])
+@pytest.mark.parametrize("density", [0.05, 0.4, 0.8])
+def test_components_scipy_path_equals_max_pool_path_and_scipy_partition(shape, density):
+    from nnkd.ops.components import _components_pool, connected_components
+
+    rng = np.random.default_rng(len(shape) * 10 + int(density * 10))
+    lab = torch.from_numpy(rng.integers(1, 4, size=shape) * (rng.random(shape) < density))
+    ids = connected_components(lab)  # CPU: scipy.ndimage.label
+    assert torch.equal(ids, _components_pool(lab))  # identical ids, not just the same partition
+    for b in range(shape[0]):
+        for v in (1, 2, 3):
+            comp, n = ndimage.label(lab[b].numpy() == v, structure=np.ones((3,) * (len(shape) - 1)))
+            for i in range(1, n + 1):  # every scipy region is one id, found nowhere else
+                region = torch.from_numpy(comp == i)
+                values = ids[b][region].unique()
+                assert len(values) == 1 and (ids[b][~region] != values[0]).all()
+    assert (ids[lab == 0] == 0).all()
+
+
+def _graph_problem(seed=0, g=6, n=7, m=6, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(g, n, 16, generator=gen, dtype=dtype), dim=-1)
+    y = torch.nn.functional.normalize(torch.randn(g, m, 16, generator=gen, dtype=dtype), dim=-1)
+    mx = torch.ones(g, n, dtype=torch.bool)
+    my = torch.ones(g, m, dtype=torch.bool)
+    mx[0, 5:], my[1, 3:] = False, False  # padding
+    if g >= 6:
+        mx[3], my[4] = False, False  # a graph without rows, one without columns
+        mx[5, 1:], my[5, 1:] = False, False  # a single node on each side
+    return x, y, mx, my
+
+
+@pytest.mark.parametrize("eps,iters", [(0.05, 100), (0.5, 10), (0.02, 60)])
+def test_sinkhorn_scaling_path_equals_log_domain_values_and_gradients(eps, iters):
+    x, y, mx, my = _graph_problem()
+    weights = torch.randn(*mx.shape, my.shape[1], generator=torch.Generator().manual_seed(3), dtype=x.dtype)
+    results = []
+    for bound in (None, 2.0):  # None: log domain; 2.0 (cost 1 - cos): float64 scaling domain
+        xs = x.clone().requires_grad_(True)
+        pi = sinkhorn(1 - xs @ y.transpose(1, 2), mx, my, eps=eps, iters=iters, cost_bound=bound)
+        (pi * weights).sum().backward()
+        results.append((pi.detach(), xs.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)
+    assert (results[1][0][3] == 0).all() and (results[1][0][4] == 0).all()
+
+
+def test_sinkhorn_scaling_path_gradcheck_and_float32_accuracy():
+    x, y, mx, my = _graph_problem(seed=1, g=3, n=4, m=3)
+    mx[2, 1:] = False  # padding on both sides of every graph
+    cost = (1 - x @ y.transpose(1, 2)).requires_grad_(True)
+    weights = torch.rand(3, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert torch.autograd.gradcheck(lambda c: (sinkhorn(c, mx, my, eps=0.1, iters=20, cost_bound=2.0) * weights).sum(),
+                                    (cost,))
+    # float32 input: computed in float64 inside, so closer to the float64 reference than float32 log domain
+    xs32 = x.float().requires_grad_(True)
+    pi = sinkhorn(1 - xs32 @ y.float().transpose(1, 2), mx, my, eps=0.05, iters=100, cost_bound=2.0)
+    ref = sinkhorn(1 - x @ y.transpose(1, 2), mx, my, eps=0.05, iters=100)
+    assert pi.dtype == torch.float32
+    torch.testing.assert_close(pi.double(), ref, rtol=1e-4, atol=1e-6)
+    # outside the safe range (cost_bound / eps > 100) the log domain runs: still finite
+    pi = sinkhorn(1 - xs32 @ y.float().transpose(1, 2), mx, my, eps=0.01, iters=50, cost_bound=2.0)
+    assert torch.isfinite(pi).all()
+
+
+@pytest.mark.parametrize("regions", [3, 40])  # matmul path (<= 32 regions per image) and scatter path
+def test_node_features_matmul_and_scatter_paths_agree(regions, monkeypatch):
+    import nnkd.losses.graph as graph
+
+    gen = torch.Generator().manual_seed(regions)
+    lab = torch.zeros(2, 1, 12, 40, dtype=torch.long)
+    for r in range(regions):  # separated single-row blobs, alternating labels
+        lab[:, 0, (r % 4) * 3, (r // 4) * 4:(r // 4) * 4 + 2] = 1 + r % 2
+    lab[1, 0, :, 20:] = 0  # fewer regions in image 1
+    feat = torch.randn(2, 5, 12, 40, generator=gen, dtype=torch.float64)
+    index, _, count = region_index(lab, (12, 40))
+    assert int(count.max()) == regions
+    results = []
+    for limit in (10_000, -1):  # matmul everywhere, scatter everywhere
+        monkeypatch.setattr(graph, "MATMUL_MAX_NODES", limit)
+        f = feat.clone().requires_grad_(True)
+        x, mask = node_features(f, index, count)
+        (x * torch.arange(x.numel(), dtype=x.dtype).view_as(x)).sum().backward()
+        results.append((x.detach(), mask, f.grad))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][2], results[1][2])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("shape", [(4, 33, 29), (2, 7, 12, 10)])
+def test_regions_and_boxes_cpu_paths_equal_reference_paths(shape):
+    from nnkd.ops.components import (_boxes_torch, _components_pool, compact_ids, component_boxes, regions)
+
+    rng = np.random.default_rng(len(shape))
+    lab = torch.from_numpy(rng.integers(1, 3, size=shape) * (rng.random(shape) < 0.3))
+    lab[1] = 0  # an image without regions
+    index, batch_of, count = regions(lab)
+    ref = compact_ids(_components_pool(lab))
+    for got, want in zip((index, batch_of, count), ref):
+        assert torch.equal(got, want)
+    assert torch.equal(component_boxes(index, len(batch_of)), _boxes_torch(index, len(batch_of)))
+    empty = regions(torch.zeros(shape, dtype=torch.long))
+    assert empty[0].eq(-1).all() and empty[1].numel() == 0 and empty[2].eq(0).all()
+    assert component_boxes(empty[0], 0).shape == (0, 2, len(shape) - 1)
+
+
+def test_sinkhorn_scaling_path_torch_backend_equals_numpy_backend(monkeypatch):
+    """Off the CPU the scaling-domain iterations run in torch; force that backend here and compare."""
+    import nnkd.ops.sinkhorn as sk
+
+    x, y, mx, my = _graph_problem(seed=4)
+    weights = torch.randn(*mx.shape, my.shape[1], generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    results = []
+    for backend in ("numpy", "torch"):
+        if backend == "torch":
+            monkeypatch.setattr(sk, "_backend", lambda *tensors: (torch, list(tensors)))
+        xs = x.clone().requires_grad_(True)
+        pi = sinkhorn(1 - xs @ y.transpose(1, 2), mx, my, eps=0.05, iters=40, cost_bound=2.0)
+        (pi * weights).sum().backward()
+        results.append((pi.detach(), xs.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-10, atol=1e-12)

@@ -413,3 +413,14 @@ def test_image_level_needs_index_matched_classes():
         _loss("pagkd", level="image")(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(y_s, y_t))
     with pytest.raises(ValueError, match="level 'pixel'"):
         _loss("pagkd", level="pixel")
+
+
+@pytest.mark.parametrize("name,kw", [("pagkd", {}), ("gkd_pro", {}), ("gkd_den", {}),
+                                     ("pagkd", {"self_attention": True, "num_blocks": 2, "qk_projections": True})])
+def test_every_parameter_gets_a_gradient_when_classes_are_shared(name, kw):
+    """DDP (without find_unused_parameters) needs every parameter in every step's graph."""
+    loss = _loss(name, **kw)
+    f_s, f_t = _data(Y_S, Y_T)
+    out = loss(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(Y_S, Y_T))
+    _total(out).backward()
+    assert [n for n, p in loss.named_parameters() if p.grad is None] == []

@@ -128,15 +128,17 @@ class _GroupKD(nn.Module):
         present_s = torch.bincount(y_s, minlength=self.num_classes) > 0
         present_t = torch.bincount(y_t, minlength=self.num_classes) > 0
         classes = (present_s & present_t).nonzero().view(-1)
-        zero = self._zero(tok_s, tok_t)
-        out = {t: zero for t in self.terms}
         if classes.numel():
+            # the components together use every parameter of the loss: all are in the graph already
+            out = {}
             if self.pro is not None:
                 out.update(self.pro(tok_s, y_s, tok_t, y_t, classes))
             if self.den is not None:
                 out.update(self.den(tok_s, y_s, rel_s, tok_t, y_t, rel_t, classes))
-            out[self.terms[0]] = out[self.terms[0]] + zero  # every parameter in the graph, every step
-        out["n_skipped_classes"] = (present_s ^ present_t).sum().to(zero.dtype).detach()
+        else:  # every parameter in the graph, every step (DDP)
+            zero = self._zero(tok_s, tok_t)
+            out = {t: zero for t in self.terms}
+        out["n_skipped_classes"] = (present_s ^ present_t).sum().float().detach()
         return out
 
     def _image_level(self, tok_s: Tensor, y_s: Tensor, rel_s, tok_t: Tensor, y_t: Tensor, rel_t) -> Dict[str, Tensor]:

@@ -24,10 +24,9 @@ def threshold_relations(maps: Tensor, lesion: float = 0.7, background: float = 0
     """``(B, 1, *s)`` maps in [0, 1] -> ``(B, N)`` long: 1 above ``lesion``, 0 below
     ``background``, -1 (ignore) in between."""
     flat = maps.flatten(1)
-    out = torch.full_like(flat, IGNORE, dtype=torch.long)
-    out[flat > lesion] = LESION
-    out[flat < background] = BACKGROUND
-    return out
+    # background wins where both hold (only with lesion < background), as in sequential assignment
+    label = torch.where(flat > lesion, LESION, IGNORE)
+    return torch.where(flat < background, BACKGROUND, label).long()
 
 
 def mask_relations(seg: Tensor, spatial) -> Tensor:
@@ -53,13 +52,16 @@ def masked_relation_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, sca
     (all ``M[u, :] == 0``) gets ``r_u = 0`` and ``row_valid[u] = False`` instead of NaN.
     Returns ``r`` ``(P, N, d)`` and ``row_valid`` ``(P, N)``.
     """
+    mask = mask.float()
     allowed = mask > 0
     row_valid = allowed.any(-1)
     # float32 even under autocast: unscaled dot products of d=128 tokens overflow float16
     with torch.autocast(q.device.type, enabled=False):
-        logits = torch.bmm(q.float() * scale, k.float().transpose(1, 2)) * mask
-        # Fully masked rows keep finite logits (their weights are zeroed below): no NaN in value or grad.
-        logits = logits.masked_fill(~allowed & row_valid[..., None], float("-inf"))
+        q = q.float() if scale == 1 else q.float() * scale
+        # -inf on excluded entries; fully masked rows keep finite logits (their weights are zeroed
+        # below): no NaN in value or grad. One fused pass: logits = fill + (q k^T) * M.
+        fill = torch.where(allowed | ~row_valid[..., None], 0.0, float("-inf"))
+        logits = torch.addcmul(fill, torch.bmm(q, k.float().transpose(1, 2)), mask)
         r = torch.bmm(torch.softmax(logits, -1), v.float()) * row_valid[..., None]
     return r, row_valid
 
@@ -129,5 +131,7 @@ class GroupDenseLoss(nn.Module):
         q_s, k_s, q_t, k_t = self.w_q(tok_s), self.w_k(tok_s), self.w_q(tok_t), self.w_k(tok_t)
         # student image m queries teacher image n (reconstructs m from n), then the reverse
         student_queries = self._direction(q_s[m], k_t[n], tok_t[n], tok_s[m], mask, cls_idx, g)
-        teacher_queries = self._direction(q_t[n], k_s[m], tok_s[m], tok_t[n], mask.transpose(1, 2), cls_idx, g)
+        # (the transposed mask, laid out contiguously: element-wise passes over strided memory are slow)
+        teacher_queries = self._direction(q_t[n], k_s[m], tok_s[m], tok_t[n], mask.transpose(1, 2).contiguous(),
+                                          cls_idx, g)
         return {"den": self.weight * (student_queries + teacher_queries)}

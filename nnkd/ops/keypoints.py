@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nnkd.ops.components import compact_ids, component_boxes, connected_components
+from nnkd.ops.components import component_boxes, regions
 
 
 def lesion_mask(seg: Tensor, lesion_labels: Optional[Sequence[int]] = None) -> Tensor:
@@ -52,7 +52,7 @@ def lesion_boxes(seg: Tensor, lesion_labels: Optional[Sequence[int]] = None) -> 
     Functions below accept this triple as ``boxes=`` so one batch computes it once.
     """
     mask = lesion_mask(seg, lesion_labels)
-    index, batch_of, count = compact_ids(connected_components(mask.long()))
+    index, batch_of, count = regions(mask if mask.device.type == "cpu" else mask.long())
     return component_boxes(index, int(batch_of.numel())), batch_of, count
 
 

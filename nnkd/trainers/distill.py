@@ -7,7 +7,9 @@ join the optimizer and, under DDP, are wrapped in their own DDP so their gradien
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from contextlib import nullcontext
+from dataclasses import fields
+from typing import Any, Callable, Dict, List
 
 import torch
 from torch import nn
@@ -15,6 +17,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnkd.errors import NNKDError
 from nnkd.hooks import build_loss, lookup
+from nnkd.nets.network import NNKDNetwork
+from nnkd.nets.outputs import NetOutputs
 from nnkd.teachers import Teacher, load_teachers
 from nnkd.trainers.cls import nnKDTrainerCls
 
@@ -43,6 +47,77 @@ class LossBank(nn.Module):
             else:
                 terms[name] = w * value
         return terms
+
+
+class _PendingSeg:
+    """A teacher's segmentation not decoded yet: the decoder, its input and the autocast to run it under."""
+
+    __slots__ = ("decoder", "skips", "autocast")
+
+    def __init__(self, decoder: nn.Module, skips, autocast: Callable):
+        self.decoder, self.skips, self.autocast = decoder, skips, autocast
+
+    def decode(self):
+        with torch.no_grad(), self.autocast():
+            return self.decoder(self.skips)
+
+
+class _DeferredDecoder(nn.Module):
+    """Stands in for a teacher network's decoder during its forward: keeps the skips, decodes on demand."""
+
+    def __init__(self, decoder: nn.Module, autocast: Callable):
+        super().__init__()
+        self.__dict__["real"] = decoder  # not a registered submodule
+        self.__dict__["autocast"] = autocast
+
+    def forward(self, skips):
+        return _PendingSeg(self.real, skips, self.autocast)
+
+
+class TeacherOutputs(NetOutputs):
+    """:class:`NetOutputs` whose ``seg`` runs the teacher's decoder on first access (then cached).
+
+    No built-in loss reads a teacher's segmentation, and the decoder (full-resolution stages) is
+    about 60 % of a teacher forward; a plugin loss that reads ``.seg`` gets the same tensor as an
+    eager forward would have given.
+    """
+
+    @property
+    def seg(self):
+        value = self.__dict__["_seg"]
+        if isinstance(value, _PendingSeg):
+            value = self.__dict__["_seg"] = value.decode()
+        return value
+
+    @seg.setter
+    def seg(self, value):
+        self.__dict__["_seg"] = value
+
+
+def teacher_forward(network: nn.Module, x: torch.Tensor, autocast: Callable = nullcontext) -> NetOutputs:
+    """``network(x, return_all=True)`` of a frozen teacher, with the segmentation decoded lazily.
+
+    Only for :class:`NNKDNetwork` (whose forward computes ``seg = self.decoder(skips)``); other
+    networks (plugin teacher loaders) run their plain forward. Call under ``no_grad``.
+    """
+    if not isinstance(network, NNKDNetwork):
+        return network(x, return_all=True)
+    decoder = network.decoder
+    network.decoder = _DeferredDecoder(decoder, autocast)
+    try:
+        out = network(x, return_all=True)
+    finally:
+        network.decoder = decoder
+    if not isinstance(out.seg, _PendingSeg):
+        return out
+    return TeacherOutputs(**{f.name: getattr(out, f.name) for f in fields(out)})
+
+
+def _channels(data: torch.Tensor, channels: List[int]) -> torch.Tensor:
+    """``data[:, channels]``: a view when the channels are a contiguous ascending range."""
+    if channels and list(channels) == list(range(channels[0], channels[-1] + 1)):
+        return data[:, channels[0]:channels[-1] + 1]
+    return data[:, channels]
 
 
 class nnKDTrainerDistill(nnKDTrainerCls):
@@ -96,8 +171,16 @@ class nnKDTrainerDistill(nnKDTrainerCls):
                 "teacher_widths": [list(t.stage_widths) for t in self.teachers]}
 
     def teacher_outputs(self, b: Dict[str, Any]):
+        """Every teacher's :class:`NetOutputs` on its channels of the batch.
+
+        Frozen and in eval mode, under ``no_grad`` (not ``inference_mode``: losses save teacher
+        tensors for their backward, which inference tensors refuse) and inside the step's autocast
+        (nnU-Net's, on CUDA). The teachers' decoders run only if a loss reads ``.seg`` (see
+        :func:`teacher_forward`); a plain channel range is a view, not a copy.
+        """
         with torch.no_grad():
-            return [t.network(b["data"][:, t.channels], return_all=True) for t in self.teachers]
+            return [teacher_forward(t.network, _channels(b["data"], t.channels), self._autocast)
+                    for t in self.teachers]
 
     def compute_losses(self, out, b: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         terms = super().compute_losses(out, b)
