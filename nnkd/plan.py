@@ -29,7 +29,9 @@ DEFAULTS: Dict[str, Any] = {
     "description": "",
     "seed": None,
     "student": {"channels": None, "train_fraction": 1.0, "init_from_teacher": False},
-    "network": {"cbam": True, "cbam_reduction": 8, "head_hidden": 256, "head_dropout": 0.2},
+    # head: average + max of every encoder stage, standardised, trained at 0.1 x the rate (nnkd/nets/head.py)
+    "network": {"cbam": True, "cbam_reduction": 8, "head_hidden": 256, "head_dropout": 0.2,
+                "head_stages": "all", "head_pool": "avgmax", "head_standardize": True, "head_lr_scale": 0.1},
     "classification": {
         "loss": "ce", "params": {}, "weight": 1.0, "seg_weight": 1.0,
         "balanced_sampling": False, "select_best_by": "ema_dice",
@@ -119,6 +121,16 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
         if plan["network"][k] < 1:
             _fail(f"network.{k}", "must be >= 1", source)
     _typed(plan["network"]["head_dropout"], (int, float), "network.head_dropout", source)
+    if plan["network"]["head_stages"] != "all":
+        _typed(plan["network"]["head_stages"], int, "network.head_stages", source)
+        if plan["network"]["head_stages"] < 1:
+            _fail("network.head_stages", 'must be >= 1 or "all"', source)
+    if plan["network"]["head_pool"] not in ("avg", "avgmax"):
+        _fail("network.head_pool", 'must be "avg" or "avgmax"', source)
+    _typed(plan["network"]["head_standardize"], bool, "network.head_standardize", source)
+    _typed(plan["network"]["head_lr_scale"], (int, float), "network.head_lr_scale", source)
+    if plan["network"]["head_lr_scale"] <= 0:
+        _fail("network.head_lr_scale", "must be > 0", source)
 
     cls = plan["classification"]
     _check_keys(cls, DEFAULTS["classification"], "classification", source)

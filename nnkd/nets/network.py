@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
 from nnkd.nets.cbam import CBAM
-from nnkd.nets.head import ClassificationHead
+from nnkd.nets.head import POOLS, ClassificationHead
 from nnkd.nets.outputs import NetOutputs
 
 
@@ -26,6 +26,12 @@ class NetworkSettings:
     cbam_reduction: int = 8
     head_hidden: int = 256
     head_dropout: float = 0.2
+    # The next four default to the plain head (bottleneck average -> MLP), which is what model folders
+    # written before they existed hold; nnkd's distillation plans set them (nnkd.plan.DEFAULTS).
+    head_stages: Union[int, str] = 1  # deepest encoder stages pooled by the head, or "all"
+    head_pool: str = "avg"  # "avg" or "avgmax"
+    head_standardize: bool = False  # running per-feature standardisation of the pooled vector
+    head_lr_scale: float = 1.0  # the head's learning rate relative to the rest (SGD), via its parametrisation
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +71,10 @@ _RULES = {  # field -> (validator, what the message asks for)
     "head_hidden": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "head_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
                      "a number in [0, 1)"),
+    "head_stages": (lambda v: v == "all" or (_is_int(v) and v >= 1), 'an integer >= 1 or "all"'),
+    "head_pool": (lambda v: v in POOLS, " or ".join(f'"{p}"' for p in POOLS)),
+    "head_standardize": (lambda v: isinstance(v, bool), "true or false"),
+    "head_lr_scale": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
 }
 
 
@@ -81,12 +91,16 @@ class NNKDNetwork(nn.Module):
     deep supervision, full resolution first) and never evaluates the head. ``forward(x, return_all=True)``
     returns :class:`NetOutputs` with the class logits ``(B, K)``, the encoder features (the last one
     after CBAM), the CBAM map ``(B, 1, *bottleneck)`` (``None`` without CBAM) and
-    ``extras['classify']`` (the head's MLP on pooled ``(B, C)`` features). The flag (rather than a
+    ``extras['classify']`` (the logits as a function of the bottleneck's global average ``(B, C)``, any
+    other pooled feature of the head fixed at this batch's values: what Grad-CAM needs). The head pools
+    the deepest ``head_stages`` stage outputs (see :mod:`nnkd.nets.head`). The flag (rather than a
     second method) lets a trainer call through the DDP wrapper so gradients are synchronised.
     """
 
     def __init__(self, unet: nn.Module, num_classes: int, spatial_dims: int, cbam: bool = True,
-                 cbam_reduction: int = 8, head_hidden: int = 256, head_dropout: float = 0.2):
+                 cbam_reduction: int = 8, head_hidden: int = 256, head_dropout: float = 0.2,
+                 head_stages: Union[int, str] = 1, head_pool: str = "avg", head_standardize: bool = False,
+                 head_lr_scale: float = 1.0):
         super().__init__()
         encoder, decoder = getattr(unet, "encoder", None), getattr(unet, "decoder", None)
         if encoder is None or decoder is None or not getattr(encoder, "return_skips", False):
@@ -98,7 +112,12 @@ class NNKDNetwork(nn.Module):
         self.spatial_dims = spatial_dims
         bottleneck = self.stage_widths[-1]
         self.cbam = CBAM(bottleneck, spatial_dims, reduction=cbam_reduction) if cbam else None
-        self.head = ClassificationHead(bottleneck, num_classes, hidden=head_hidden, dropout=head_dropout)
+        widths = self.stage_widths
+        if head_stages != "all" and not 1 <= int(head_stages) <= len(widths):
+            raise NNKDError(f"head_stages {head_stages} is not within 1..{len(widths)} (the encoder's stages)")
+        pooled = widths if head_stages == "all" else widths[len(widths) - int(head_stages):]
+        self.head = ClassificationHead(pooled, num_classes, hidden=head_hidden, dropout=head_dropout, pool=head_pool,
+                                       standardize=head_standardize, lr_scale=head_lr_scale)
 
     @property
     def stage_widths(self) -> List[int]:
@@ -113,8 +132,8 @@ class NNKDNetwork(nn.Module):
         seg = self.decoder(skips)
         if not return_all:
             return seg
-        return NetOutputs(seg=seg, logits=self.head(skips[-1]), features=skips, attention=attention,
-                          extras={"classify": self.head.classify})
+        return NetOutputs(seg=seg, logits=self.head(skips), features=skips, attention=attention,
+                          extras={"classify": self.head.classify_last_average(skips)})
 
     def classify_logits(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` for an input batch (inference convenience)."""
@@ -134,6 +153,5 @@ def build_network(plans_manager, configuration_manager, num_input_channels: int,
         allow_init=True,
         deep_supervision=enable_deep_supervision,
     )
-    return NNKDNetwork(unet, settings.num_classes, len(configuration_manager.patch_size), cbam=settings.cbam,
-                       cbam_reduction=settings.cbam_reduction, head_hidden=settings.head_hidden,
-                       head_dropout=settings.head_dropout)
+    options = {k: v for k, v in settings.to_dict().items() if k != "num_classes"}
+    return NNKDNetwork(unet, settings.num_classes, len(configuration_manager.patch_size), **options)

@@ -4,8 +4,13 @@ Channels CT (HU), FDG and ACE (SUV-like); labels liver = 1, tumour = 2; case cla
 Each volume is a body cylinder in air with a liver ellipsoid holding 1 or 2 separate tumours.
 The grade shows clearly in the PET-like channels, with opposite trends as in hepatocellular
 carcinoma (FDG uptake rises with grade, acetate uptake falls), and only faintly in CT: the
-tumour-to-liver contrast shifts by a few HU per grade, less than its case-to-case spread, under
-voxel noise and tissue texture. A CT-only student therefore has a weak but real signal to learn.
+tumour-to-liver contrast shifts by 12 HU per grade (case-to-case spread 6 HU) under 18 HU voxel
+noise, 10 HU tissue texture and an 8 HU spread of the liver's own density, so the cue is the
+tumour's density relative to its liver, not an absolute value. A CT-only student therefore has a
+weak but real signal to learn. Measured on 90 cases of 16x32x32 (cross-validated logistic
+regression, macro AUC): the true tumour-to-liver contrast, read with the true masks, 0.88; the
+FDG or acetate uptake ratio alone 1.00. (With 6 HU per grade the masked-contrast oracle was 0.74
+and CT-only nnU-Net students did not beat chance in a few hundred iterations.)
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ SPACING = (4.0, 2.0, 2.0)  # mm (z, y, x): thick slices as in clinical CT; a 64 
 class Paired3DParams:
     """Per-grade signal (index = grade) and nuisance levels."""
 
-    ct_contrast: tuple = (-30.0, -36.0, -42.0)  # HU, tumour minus liver: the faint CT cue
+    ct_contrast: tuple = (-24.0, -36.0, -48.0)  # HU, tumour minus liver: the faint CT cue
     ct_contrast_sd: float = 6.0  # HU, case-to-case spread of that contrast
     ct_noise: float = 18.0  # HU, white noise sd (quantum noise)
     ct_texture: float = 10.0  # HU, sd of smooth tissue texture

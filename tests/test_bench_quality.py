@@ -1,0 +1,181 @@
+"""`nnkd bench quality`: statistics, plans, comparisons and tables on hand-made inputs.
+
+Training the benchmark's models end to end takes minutes even at the smallest settings (eight
+nnUNetv2_train runs for paired3d alone), so the path through the CLIs is exercised by
+``nnkd demo --quick`` / ``nnkd bench quality --quick``; this module checks everything around it.
+"""
+import os
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from nnkd.bench import quality as Q
+from nnkd.cli import main
+from nnkd.errors import NNKDError
+from nnkd.evaluation.comparison import compare_arrays
+
+
+def test_mean_sd_and_gap_share():
+    assert Q.mean_sd([0.6, 0.7, 0.8]) == pytest.approx((0.7, 0.1))
+    assert Q.mean_sd([0.6, None, float("nan")]) == (0.6, None)  # one usable value: no sd
+    assert Q.mean_sd([]) == (None, None)
+    assert Q.gap_share(0.7, 0.6, 0.9) == pytest.approx(1 / 3)
+    assert Q.gap_share(0.5, 0.6, 0.9) == pytest.approx(-1 / 3)  # worse than no KD
+    assert Q.gap_share(0.95, 0.6, 0.9) == pytest.approx(7 / 6)  # better than the teacher
+    assert Q.gap_share(0.7, 0.6, 0.6) is None and Q.gap_share(0.7, 0.8, 0.6) is None  # no gap to close
+    assert Q.gap_share(None, 0.6, 0.9) is None
+
+
+def _values():
+    # teacher .9/.95/1.0, no KD .6/.6/.6, REACT .7/.75/.8, logit missing for seed 2
+    v = {"teacher": {0: 0.9, 1: 0.95, 2: 1.0}, "dose_teacher": {0: 0.65, 1: 0.7, 2: 0.6},
+         "nokd": {0: 0.6, 1: 0.6, 2: 0.6}, "react": {0: 0.7, 1: 0.75, 2: 0.8}, "logit": {0: 0.5, 1: 0.6}}
+    return v
+
+
+def test_summarise_per_method():
+    stats = Q.summarise(Q.PAIRED3D, _values())
+    assert set(stats) == {m.key for m in Q.PAIRED3D.methods}
+    assert stats["teacher"]["mean"] == pytest.approx(0.95) and stats["teacher"]["sd"] == pytest.approx(0.05)
+    assert stats["react"]["gap_share"] == pytest.approx((0.75 - 0.6) / (0.95 - 0.6))
+    assert stats["logit"]["n"] == 2 and stats["logit"]["gap_share"] == pytest.approx((0.55 - 0.6) / 0.35)
+    assert stats["teacher"]["gap_share"] is None and stats["nokd"]["gap_share"] is None  # only KD methods
+    assert stats["fitnet"]["mean"] is None and stats["fitnet"]["n"] == 0 and stats["fitnet"]["gap_share"] is None
+    assert stats["react"]["per_seed"] == {"0": 0.7, "1": 0.75, "2": 0.8}
+    assert stats["react"]["plan"] == "plans/react_kd.json" and stats["react"]["trainer"] == "nnKDTrainerREACT"
+
+
+def _compare_result(signal_a, signal_b, n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+
+    def probs(signal):
+        logits = rng.normal(0, 1, (n, 3))
+        logits[np.arange(n), y] += signal
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+
+    return compare_arrays(probs(signal_a), probs(signal_b), y, ["G1", "G2", "G3"], n_bootstrap=200)
+
+
+def test_comparison_summary_and_tables(tmp_path):
+    better = Q.comparison_summary("classification", _compare_result(3.0, 0.0))
+    assert better["difference"] > 0 and better["ci95"][0] > 0  # a clear difference: CI above 0
+    assert set(better["delong_p"]) == {"G1", "G2", "G3"} and all(0 <= p <= 1 for p in better["delong_p"].values())
+    same = Q.comparison_summary("classification", _compare_result(1.0, 1.0, seed=3))
+    det = Q.comparison_summary("detection", {"difference": -0.1, "ci95": [-0.3, 0.05], "p_not_better": 0.9})
+    assert det["p"] == 0.9
+
+    seeds = [0, 1, 2]
+    stats = Q.summarise(Q.PAIRED3D, _values())
+    comparisons = {"react": {"0": better, "1": same}, "logit": {"0": det}}
+    table = Q.markdown_table(Q.PAIRED3D, stats, comparisons, seeds)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(Q.PAIRED3D.methods)
+    assert all(line.count("|") == lines[0].count("|") for line in lines)  # every row has every column
+    react = next(line for line in lines if line.startswith("| REACT-KD"))
+    assert "0.750 ± 0.050 (3)" in react and "43 %" in react  # (0.75 - 0.6) / (0.95 - 0.6)
+    assert f"s0: {better['difference']:+.3f}" in react and "]*" in react  # CI excludes 0: marked
+    assert "s2: n/a" in react
+    fitnet = next(line for line in lines if line.startswith("| FitNet"))
+    assert "| n/a |" in fitnet
+    teacher = next(line for line in lines if line.startswith("| teacher"))
+    assert "s0:" not in teacher and "%" not in teacher
+
+    report = {"seeds": seeds, "quick": True, "minutes": 1.5,
+              "benchmarks": {"paired3d": {"schedule": {"cases": 9, "test_cases": 6, "size": [16, 32, 32],
+                                                       "epochs": 1, "iterations": 2, "val_iterations": 1},
+                                          "stats": stats, "comparisons": comparisons, "notes": ["a note"]},
+                             "lesion2d": {"skipped": "trainer(s) nnKDTrainerImPA not registered"}}}
+    md = Q.markdown_report(report)
+    assert "quick" in md and table in md and "- a note" in md and "Not run: trainer(s) nnKDTrainerImPA" in md
+    png = tmp_path / "quality.png"
+    Q.plot(report, str(png))
+    assert png.stat().st_size > 1000
+
+
+def test_method_plan_fills_in_seed_schedule_and_teachers():
+    s = Q.Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=10, iterations=5, val_iterations=1)
+    folders = {"teacher": "/r/teacher_folder", "dose_teacher": "/r/dose_folder"}
+    react = next(m for m in Q.PAIRED3D.methods if m.key == "react")
+    plan = Q.method_plan(Q.PAIRED3D, react, 2, s, folders, 930)
+    assert plan["name"] == "paired3d_react_seed2" and plan["seed"] == 2
+    assert plan["schedule"] == {"num_epochs": 10, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 1}
+    assert [(t["name"], t["model_folder"]) for t in plan["teachers"]] == [
+        ("structure_function", "/r/teacher_folder"), ("dose_aware", "/r/dose_folder")]
+    assert [loss["name"] for loss in plan["losses"]] == ["logit_kd", "region_graph"]  # the plan file's losses
+    from nnkd.plan import validate_plan
+    validate_plan(plan, "test")  # still a valid plan
+
+    teacher = Q.PAIRED3D.role(Q.TEACHER)[0]
+    assert not Q.method_plan(Q.PAIRED3D, teacher, 0, s, {}, 930).get("teachers")
+
+    bad = replace(Q.PAIRED3D, teachers={"structure_function": "teacher"})
+    with pytest.raises(NNKDError, match="teacher 'dose_aware' is not one this benchmark trains"):
+        Q.method_plan(bad, react, 0, s, folders, 930)
+
+
+def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
+    from nnkd.pipeline import PLANS_DIR
+
+    s = Q.Schedule(cases=12, test_cases=6, size=(32, 32), epochs=10, iterations=2, val_iterations=1)
+    for bench in (Q.UNPAIRED2D, Q.LESION2D):
+        for m in bench.role(Q.KD):
+            if not os.path.isfile(os.path.join(PLANS_DIR, f"{m.plan}.json")):
+                pytest.skip(f"plans/{m.plan}.json not there yet")
+            plan = Q.method_plan(bench, m, 1, s, {"teacher": "/r/t"}, bench.dataset_id + 1)
+            assert all(t["model_folder"] == "/r/t" and t["dataset"] == bench.dataset_id + 1 for t in plan["teachers"])
+            for loss in plan["losses"]:
+                assert loss["params"].get("warmup_epochs", 0) <= 2  # a fifth of 10 epochs
+
+
+def test_benchmark_tables_are_consistent():
+    for bench in Q.BENCHMARKS.values():
+        roles = [m.role for m in bench.methods]
+        assert roles.count(Q.TEACHER) == 1 and roles.count(Q.NOKD) == 1 and Q.KD in roles
+        assert len({m.key for m in bench.methods}) == len(bench.methods)
+        assert set(bench.teachers.values()) <= {m.key for m in bench.methods if m.role in (Q.TEACHER, Q.AUX_TEACHER)}
+        assert bench.quick.epochs <= 2 and bench.quick.cases <= bench.full.cases
+
+
+def test_settings_of_a_workspace_cannot_change(tmp_path):
+    run = Q.QualityRun(str(tmp_path), [0], quick=True, verbose=False)
+    run._check_settings(Q.PAIRED3D, run.schedule(Q.PAIRED3D))
+    run._check_settings(Q.PAIRED3D, run.schedule(Q.PAIRED3D))  # same settings: resumes
+    longer = Q.QualityRun(str(tmp_path), [0], quick=True, overrides={"epochs": 5}, verbose=False)
+    assert longer.schedule(Q.PAIRED3D).epochs == 5
+    with pytest.raises(NNKDError, match="holds the paired3d benchmark with other settings"):
+        longer._check_settings(Q.PAIRED3D, longer.schedule(Q.PAIRED3D))
+
+
+def _boxes_csv(path, rows):
+    path.write_text("case_id,score,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
+                    + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_paired_froc_difference(tmp_path):
+    gt = tmp_path / "gt.csv"
+    gt.write_text("case_id,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
+                  + "".join(f"c{i},10,10,8,8,12,12\n" for i in range(6)) + "n0\nn1\n")
+    hits = [(f"c{i}", 0.9, 10, 10, 9, 9, 11, 11) for i in range(6)]
+    fps = [(c, 0.95, 40, 40, 39, 39, 41, 41) for c in ("n0", "n1")]
+    a = _boxes_csv(tmp_path / "a.csv", hits + fps)  # finds every lesion
+    b = _boxes_csv(tmp_path / "b.csv", hits[:2] + [(f"c{i}",) for i in range(2, 6)] + fps)  # 2 of 6
+    d = Q.paired_froc_difference(a, b, str(gt), n_bootstrap=200)
+    assert d["difference"] == pytest.approx(1 - 2 / 6) and d["ci95"][0] > 0 and d["p_not_better"] < 0.05
+    same = Q.paired_froc_difference(a, a, str(gt), n_bootstrap=50)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+
+
+def test_cli_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "quality", "--help"])
+    assert e.value.code == 0
+    assert "--seeds" in capsys.readouterr().out
+    assert main(["bench", "quality", "-o", str(tmp_path), "--methods", "nosuch"]) == 2
+    assert "unknown method key(s) nosuch" in capsys.readouterr().err
+    assert main(["bench", "quality", "-o", str(tmp_path), "--seeds", "0", "0"]) == 2
+    assert main(["bench", "quality", "-o", str(tmp_path), "--epochs", "0"]) == 2
+    assert not any(tmp_path.iterdir())  # refused before anything was written
