@@ -107,11 +107,12 @@ def synth(ws: Workspace, kind: str, dataset_id: int, cases: int, seed: int, size
 
 
 def plan_and_preprocess(ws: Workspace, dataset_ids: Sequence[int], config: str) -> None:
-    """``nnUNetv2_plan_and_preprocess`` for the datasets not preprocessed yet."""
+    """``nnUNetv2_plan_and_preprocess`` for the datasets not preprocessed yet (synthetic data: with the
+    smaller intensity sample of :mod:`nnkd.synthetic.plan_and_preprocess`)."""
     todo = [d for d in dataset_ids
             if not os.path.isdir(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d) or "", f"nnUNetPlans_{config}"))]
     if todo:
-        ws.run([tool("nnUNetv2_plan_and_preprocess"), "-d", *map(str, todo), "-c", config, "-np", "2",
+        ws.run([sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess", "-d", *map(str, todo), "-c", config, "-np", "2",
                 "--verify_dataset_integrity"], log=ws.path("logs", f"plan_and_preprocess_{'_'.join(map(str, todo))}.log"))
 
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import nnkd_cli, run_cli
+from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
 from nnkd import image_folder as F
 from nnkd import labels as L
 from nnkd.errors import NNKDError
@@ -85,8 +84,7 @@ def test_mixed_folder_converts_and_nnunet_plans_it(nnunet_env, tmp_path, capsys)
             assert np.array_equal(image, want), case
         assert (read_png(os.path.join(raw, "labelsTr", F.case_identifier(case) + ".png")) == 1).all()
 
-    run_cli([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"), "-d", "12", "-c", "2d",
-             "-np", "1"], env=nnunet_env)
+    run_cli([*PLAN_AND_PREPROCESS, "-d", "12", "-c", "2d", "-np", "1", "-npfp", "1"], env=nnunet_env)
     pre = os.path.join(nnunet_env["nnUNet_preprocessed"], "Dataset012_Endo")
     assert len([f for f in os.listdir(os.path.join(pre, "nnUNetPlans_2d")) if f.endswith(".pkl")]) == 6
     assert not masks_hold_lesions(load(pre, "dataset.json"))  # what the trainer reads

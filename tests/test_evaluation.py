@@ -278,6 +278,19 @@ def test_evaluate_from_predictions_is_strict_json_and_complete():
         evaluate(pred, {c: "G1" for c in pred.case_ids}, CLASSES, n_bootstrap=5)
 
 
+def test_validation_summary_of_a_single_class_split_has_null_auc(tmp_path):
+    from nnkd.evaluation.report import write_classification_summary
+
+    probs = np.array([[0.2, 0.8], [0.7, 0.3], [0.4, 0.6]])
+    path = str(tmp_path / "classification.csv")
+    write_prediction_csv(path, ["a", "b", "c"], probs, ["neg", "pos"], ["pos"] * 3)
+    summary = write_classification_summary(path, str(tmp_path / "summary.json"), n_bootstrap=5)
+    assert summary["auc"] is None and "at least two classes" in summary["note"]
+    assert summary["accuracy"] == pytest.approx(2 / 3) and summary["cases"] == 3
+    stored = json.load(open(tmp_path / "summary.json"))
+    assert stored["auc"]["value"] is None and stored["class_counts"] == {"neg": 0, "pos": 3}
+
+
 def test_compare_binary_and_multiclass():
     probs, y = make_probs(80, k=2, seed=10)
     a, labels = make_pred(probs, y, names=["neg", "pos"])

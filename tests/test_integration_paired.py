@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import nnkd_cli, run_cli
+from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
 
 pytestmark = pytest.mark.integration
 DS = 11
@@ -34,7 +34,7 @@ def ws(tmp_path_factory):
     env["nnUNet_extTrainer"] = ext_trainer_value("")
     env["NNKD_PLAN"] = ""
     nnkd_cli("synth", "paired3d", "--id", DS, "--cases", 10, "--size", 16, 32, 32, env=env)
-    run_cli([tool("nnUNetv2_plan_and_preprocess"), "-d", str(DS), "-c", "3d_fullres", "-np", "1",
+    run_cli([*PLAN_AND_PREPROCESS, "-d", str(DS), "-c", "3d_fullres", "-np", "1",
              "-npfp", "1", "--verify_dataset_integrity"], env=env)
     name = [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{DS:03d}")][0]
     return {"root": root, "env": env, "name": name}

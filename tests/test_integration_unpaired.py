@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import nnkd_cli, run_cli
+from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
 
 pytestmark = pytest.mark.integration
 POLYP, LESION = 602, 604
@@ -38,7 +38,7 @@ def ws(tmp_path_factory):
     nnkd_cli("synth", "unpaired2d", "--id", POLYP, "--cases", 16, "--size", 32, 32, env=env)
     nnkd_cli("synth", "lesion2d", "--id", LESION, "--cases", 16, "--size", 32, 32, env=env)
     ids = [str(i) for i in (POLYP, POLYP + 1, LESION, LESION + 1)]
-    planned = run_cli([tool("nnUNetv2_plan_and_preprocess"), "-d", *ids, "-c", "2d", "-np", "1", "-npfp", "1",
+    planned = run_cli([*PLAN_AND_PREPROCESS, "-d", *ids, "-c", "2d", "-np", "1", "-npfp", "1",
                        "--verify_dataset_integrity"], env=env)
     assert "verify_dataset_integrity Done" in planned.stdout
     names = {int(d[7:10]): d for d in os.listdir(env["nnUNet_raw"])}

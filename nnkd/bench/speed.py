@@ -255,7 +255,7 @@ class Bench:
             if missing:
                 n = self.env["nnUNet_def_n_proc"]
                 _progress(f"nnUNetv2_plan_and_preprocess -d {' '.join(map(str, missing))} -c {config}")
-                self._call([_tool("nnUNetv2_plan_and_preprocess"), "-d", *map(str, missing), "-c", config,
+                self._call([sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess", "-d", *map(str, missing), "-c", config,
                             "-np", n, "-npfp", n], f"preprocess_{config}")
 
     def _preprocessed(self, dataset_id: int, configuration: str) -> bool:
@@ -363,11 +363,6 @@ class Bench:
 
 def _progress(msg: str) -> None:
     print(f"[bench speed] {msg}", flush=True)
-
-
-def _tool(name: str) -> str:
-    local = os.path.join(os.path.dirname(sys.executable), name)
-    return local if os.path.exists(local) else name
 
 
 def _cpu_name() -> str:

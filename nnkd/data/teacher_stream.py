@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Dict, List, Mapping, Optional, Sequence
 
-import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class

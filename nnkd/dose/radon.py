@@ -126,7 +126,7 @@ class ParallelBeam:
         the noiseless reconstruction of a water phantom.)
         """
         img = self._as_batch(images)
-        b, (h, w), d = img.shape[0], self.shape, self.n_det
+        b, d = img.shape[0], self.n_det
         out = torch.empty(self.n_angles, d, b, dtype=self.dtype, device=self.device)
         along_y = (self._cos.abs() >= self._sin.abs()).cpu()
         for rows, angles in ((True, along_y.nonzero()[:, 0]), (False, (~along_y).nonzero()[:, 0])):

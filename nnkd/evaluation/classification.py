@@ -108,13 +108,18 @@ def point_metrics(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]) 
 
 def evaluate_arrays(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str], *, n_bootstrap: int = 1000,
                     seed: int = 0, n_bins: int = 10, thresholds: np.ndarray | None = None,
-                    source: str = "predictions") -> dict:
-    """All metrics for ``probs`` (N, K) and true class indices ``y`` (N,); see :func:`evaluate`."""
+                    source: str = "predictions", single_class_ok: bool = False) -> dict:
+    """All metrics for ``probs`` (N, K) and true class indices ``y`` (N,); see :func:`evaluate`.
+
+    Labels of a single class raise :class:`NNKDError` (no AUC exists), unless ``single_class_ok``
+    (a training fold's small validation split): then AUC and ROC are null/empty and ``note`` says why.
+    """
     class_names = list(class_names)
     present = np.unique(y)
-    if len(present) < 2:
-        raise NNKDError(f"{source}: every labelled case is class {class_names[present[0]]!r}; "
-                        "AUC needs cases of at least two classes")
+    single = len(present) < 2
+    why = f"every labelled case is class {class_names[present[0]]!r}; AUC needs cases of at least two classes"
+    if single and not single_class_ok:
+        raise NNKDError(f"{source}: {why}")
     binary = len(class_names) == 2
     result = {
         "n_cases": len(y),
@@ -122,7 +127,8 @@ def evaluate_arrays(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]
         "class_counts": {name: int(np.sum(y == k)) for k, name in enumerate(class_names)},
         "task": "binary" if binary else "multiclass",
         "positive_class": class_names[1] if binary else None,
-        "auc": auc_with_ci(probs, y, class_names, n_bootstrap, seed),
+        "auc": ({"value": None, "ci95": None, "per_class": {}} if single
+                else auc_with_ci(probs, y, class_names, n_bootstrap, seed)),
         **point_metrics(probs, y, class_names),
         "brier": brier_score(probs, y),
         "calibration": reliability(probs, y, n_bins),
@@ -130,6 +136,8 @@ def evaluate_arrays(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]
         "roc": roc_curves(probs, y, class_names),
         "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "stratified": True, "ci": "percentile 95%"},
     }
+    if single:
+        result["note"] = why
     return jsonable(result)
 
 

@@ -27,16 +27,19 @@ def write_report(out_dir: str, result: dict) -> list[str]:
 def write_classification_summary(csv_path: str, out_json: str, **kwargs) -> dict:
     """Metrics of a prediction CSV whose ``label`` column is filled (training validation) -> ``out_json``.
 
+    A single-class validation split (small folds) is not an error: AUC is null and ``note`` says why.
+
     Returns a one-line summary dict (cases, AUC with CI, accuracy, balanced accuracy).
     """
     from nnkd.evaluation.classification import evaluate
     from nnkd.evaluation.predictions import read_prediction_csv
 
     pred = read_prediction_csv(csv_path)
-    result = evaluate(pred, pred.labels_dict(), **kwargs)
+    result = evaluate(pred, pred.labels_dict(), single_class_ok=True, **kwargs)
     write_json(out_json, result)
-    return {"cases": len(pred.case_ids), "auc": result["auc"]["value"], "auc_ci95": result["auc"]["ci95"],
-            "accuracy": result["accuracy"], "balanced_accuracy": result["balanced_accuracy"]}
+    summary = {"cases": len(pred.case_ids), "auc": result["auc"]["value"], "auc_ci95": result["auc"]["ci95"],
+               "accuracy": result["accuracy"], "balanced_accuracy": result["balanced_accuracy"]}
+    return {**summary, "note": result["note"]} if "note" in result else summary
 
 
 def write_levels_report(out_dir: str, table: dict) -> list[str]:

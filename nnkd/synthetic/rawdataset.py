@@ -26,7 +26,7 @@ import numpy as np
 import nnkd
 from nnkd.errors import NNKDError
 from nnkd.io import atomic_path, write_json
-from nnkd.labels import JSON_INDENT, NNKD_KEY, with_case_labels
+from nnkd.labels import JSON_INDENT, with_case_labels
 
 TRUTH_FILE = "synth_truth.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*")

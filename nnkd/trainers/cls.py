@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, distributed as dist
 
