@@ -24,6 +24,23 @@ def run_cli(args, env=None, check=True, cwd=None):
 PLAN_AND_PREPROCESS = [sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess"]
 
 
+def tool(name):
+    """A console script of this interpreter's environment."""
+    return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def workspace(root) -> dict:
+    """nnU-Net folders under ``root`` (created) and the variables a child process needs, no plan set."""
+    from nnkd.commands.info import ext_trainer_value, workspace_env
+
+    env = workspace_env(str(root))
+    for v in env.values():
+        os.makedirs(v)
+    env["nnUNet_extTrainer"] = ext_trainer_value("")
+    env["NNKD_PLAN"] = ""
+    return env
+
+
 def nnkd_cli(*args, **kw):
     return run_cli([sys.executable, "-m", "nnkd.cli", *map(str, args)], **kw)
 

@@ -6,12 +6,11 @@ dose-aware teacher and a REACT-KD student (one short epoch each), then predict a
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
-from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
+from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli, tool, workspace
 
 pytestmark = pytest.mark.integration
 DS = 11
@@ -19,20 +18,10 @@ TRAIN = {"nnUNet_n_proc_DA": "0"}
 SCHEDULE = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 
 
-def tool(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from nnkd.commands.info import ext_trainer_value, workspace_env
-
     root = tmp_path_factory.mktemp("paired")
-    env = workspace_env(str(root))
-    for v in env.values():
-        os.makedirs(v)
-    env["nnUNet_extTrainer"] = ext_trainer_value("")
-    env["NNKD_PLAN"] = ""
+    env = workspace(root)
     nnkd_cli("synth", "paired3d", "--id", DS, "--cases", 10, "--size", 16, 32, 32, env=env)
     run_cli([*PLAN_AND_PREPROCESS, "-d", str(DS), "-c", "3d_fullres", "-np", "1",
              "-npfp", "1", "--verify_dataset_integrity"], env=env)

@@ -14,27 +14,17 @@ import sys
 import pytest
 import torch
 
-from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
+from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli, tool, workspace
 
 pytestmark = pytest.mark.integration
 POLYP, LESION = 602, 604
 SCHEDULE = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
 
 
-def tool(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
-    from nnkd.commands.info import ext_trainer_value, workspace_env
-
     root = tmp_path_factory.mktemp("unpaired")
-    env = workspace_env(str(root))
-    for v in env.values():
-        os.makedirs(v)
-    env["nnUNet_extTrainer"] = ext_trainer_value("")
-    env["NNKD_PLAN"] = ""
+    env = workspace(root)
     nnkd_cli("synth", "unpaired2d", "--id", POLYP, "--cases", 16, "--size", 32, 32, env=env)
     nnkd_cli("synth", "lesion2d", "--id", LESION, "--cases", 16, "--size", 32, 32, env=env)
     ids = [str(i) for i in (POLYP, POLYP + 1, LESION, LESION + 1)]
