@@ -232,13 +232,19 @@ def _comparison_cell(c: Optional[Dict[str, Any]]) -> str:
     return text
 
 
+def ran(bench: Benchmark, stats: Dict[str, Dict[str, Any]]) -> List[Method]:
+    """The methods of ``bench`` with at least one run in ``stats`` (teachers and no-KD always)."""
+    return [m for m in bench.methods if m.role != KD or stats.get(m.key, {}).get("per_seed")]
+
+
 def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
                    comparisons: Dict[str, Dict[str, Dict[str, Any]]], seeds: Sequence[int]) -> str:
-    """One benchmark as a markdown table: value mean +- sd, per seed, gap share, per-seed comparison."""
+    """One benchmark as a markdown table: value mean +- sd, per seed, gap share, per-seed comparison.
+    Methods not run (left out with ``--methods``) get no row."""
     head = ["method", "role", "trainer / plan", f"{bench.metric}: mean ± sd (n)",
             *[f"seed {s}" for s in seeds], "gap closed", "vs no KD, per seed: Δ [95% CI] p"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in bench.methods:
+    for m in ran(bench, stats):
         st = stats[m.key]
         value = f"{_num(st['mean'])} ± {_num(st['sd'])} ({st['n']})" if st["mean"] is not None else "n/a"
         per_seed = [_num(st["per_seed"].get(str(s))) for s in seeds]
@@ -292,8 +298,9 @@ def plot(report: Dict[str, Any], path: str) -> None:
     for ax, (key, b) in zip(axes[0], runs):
         bench = BENCHMARKS[key]
         stats = b["stats"]
-        labels = [m.label for m in bench.methods]
-        for i, m in enumerate(bench.methods):
+        methods = ran(bench, stats)
+        labels = [m.label for m in methods]
+        for i, m in enumerate(methods):
             st = stats[m.key]
             vals = [v for v in st["per_seed"].values() if v is not None]
             color = {TEACHER: "tab:green", AUX_TEACHER: "tab:olive", NOKD: "tab:grey"}.get(m.role, "tab:blue")
