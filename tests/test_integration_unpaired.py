@@ -94,9 +94,11 @@ def test_pagkd_student_trains_predicts_and_evaluates(ws, nbi_teacher, tmp_path):
     folder = model_folder(ws, POLYP, "nnKDTrainerPaGKD")
     log = read_log(folder)
     assert "class-matched batches from" in log and "data wait:" in log
-    for term in ("kd/pagkd/pro", "kd/pagkd/pcls", "kd/pagkd/den"):
-        value = float(log.split(f"{term}: ")[1].split()[0])
-        assert value == value and value != 0.0, term  # finite and switched on (warm-up 0)
+    values = {term: float(log.split(f"{term}: ")[1].split()[0]) for term in ("kd/pagkd/pro", "kd/pagkd/pcls",
+                                                                              "kd/pagkd/den")}
+    assert all(v == v for v in values.values()), values  # finite
+    # switched on (warm-up 0); "pro" alone may be exactly 0: a batch pair sharing one class has no negatives
+    assert values["kd/pagkd/pcls"] != 0.0 and values["kd/pagkd/den"] != 0.0, values
     ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), weights_only=False)
     assert ckpt["nnkd"]["teachers"][0]["sha256"] and "losses.pagkd.embed_t.weight" in ckpt["nnkd"]["loss_bank"]
     assert os.path.isfile(os.path.join(folder, "fold_0", "progress.png"))
