@@ -112,8 +112,10 @@ def plan_and_preprocess(ws: Workspace, dataset_ids: Sequence[int], config: str) 
     todo = [d for d in dataset_ids
             if not os.path.isdir(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d) or "", f"nnUNetPlans_{config}"))]
     if todo:
-        ws.run([sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess", "-d", *map(str, todo), "-c", config,
-                "-np", "2", "-npfp", "2", "--verify_dataset_integrity"], log=ws.path("logs", f"plan_and_preprocess_{'_'.join(map(str, todo))}.log"))
+        from nnkd.synthetic.plan_and_preprocess import COMMAND
+
+        ws.run([*COMMAND, "-d", *map(str, todo), "-c", config, "-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
+               log=ws.path("logs", f"plan_and_preprocess_{'_'.join(map(str, todo))}.log"))
 
 
 def load_plan_file(name: str) -> Dict[str, Any]:

@@ -20,15 +20,6 @@ def run_cli(args, env=None, check=True, cwd=None):
     return p
 
 
-# nnU-Net's planning with a fingerprint sample sized for tiny synthetic datasets (saves ~25 s per dataset)
-PLAN_AND_PREPROCESS = [sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess"]
-
-
-def tool(name):
-    """A console script of this interpreter's environment."""
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
 def workspace(root) -> dict:
     """nnU-Net folders under ``root`` (created) and the variables a child process needs, no plan set."""
     from nnkd.commands.info import ext_trainer_value, workspace_env

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli
+from conftest import nnkd_cli, run_cli
 from nnkd import image_folder as F
 from nnkd import labels as L
 from nnkd.errors import NNKDError
 from nnkd.labels import masks_hold_lesions
 from nnkd.synthetic import unpaired2d
+from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS  # planning sized for tiny datasets
 
 RNG = np.random.default_rng(0)
 

@@ -10,7 +10,9 @@ import shutil
 import pytest
 import torch
 
-from conftest import PLAN_AND_PREPROCESS, nnkd_cli, run_cli, tool, workspace
+from conftest import nnkd_cli, run_cli, workspace
+from nnkd.pipeline import tool
+from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS  # planning sized for tiny datasets
 
 pytestmark = pytest.mark.integration
 DS = 11

@@ -255,8 +255,10 @@ class Bench:
             if missing:
                 n = self.env["nnUNet_def_n_proc"]
                 _progress(f"nnUNetv2_plan_and_preprocess -d {' '.join(map(str, missing))} -c {config}")
-                self._call([sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess", "-d", *map(str, missing), "-c", config,
-                            "-np", n, "-npfp", n], f"preprocess_{config}")
+                from nnkd.synthetic.plan_and_preprocess import COMMAND
+
+                self._call([*COMMAND, "-d", *map(str, missing), "-c", config, "-np", n, "-npfp", n],
+                           f"preprocess_{config}")
 
     def _preprocessed(self, dataset_id: int, configuration: str) -> bool:
         folder = self.dataset_folder("nnUNet_preprocessed", dataset_id)

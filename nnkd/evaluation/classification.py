@@ -117,9 +117,10 @@ def evaluate_arrays(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str]
     class_names = list(class_names)
     present = np.unique(y)
     single = len(present) < 2
-    why = f"every labelled case is class {class_names[present[0]]!r}; AUC needs cases of at least two classes"
-    if single and not single_class_ok:
-        raise NNKDError(f"{source}: {why}")
+    if single:
+        why = f"every labelled case is class {class_names[present[0]]!r}; AUC needs cases of at least two classes"
+        if not single_class_ok:
+            raise NNKDError(f"{source}: {why}")
     binary = len(class_names) == 2
     result = {
         "n_cases": len(y),

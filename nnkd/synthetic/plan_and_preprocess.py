@@ -10,25 +10,22 @@ unchanged. Use ``nnUNetv2_plan_and_preprocess`` for real data.
 """
 import sys
 
-from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
-
 INTENSITY_SAMPLE = 10 ** 6
-
-if not getattr(DatasetFingerprintExtractor, "_nnkd_small_sample", False):
-    _init = DatasetFingerprintExtractor.__init__
-
-    def _init_small_sample(self, *args, **kwargs):
-        _init(self, *args, **kwargs)
-        self.num_foreground_voxels_for_intensitystats = INTENSITY_SAMPLE
-
-    DatasetFingerprintExtractor.__init__ = _init_small_sample
-    DatasetFingerprintExtractor._nnkd_small_sample = True
+COMMAND = [sys.executable, "-m", "nnkd.synthetic.plan_and_preprocess"]  # + nnU-Net's arguments
 
 
 def main() -> None:
-    # the sample size is passed to nnU-Net's (spawned) workers as an argument: patching this process is enough
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import plan_and_preprocess_entry
 
+    # the sample size reaches nnU-Net's (spawned) workers as an argument: patching this process is enough
+    init = DatasetFingerprintExtractor.__init__
+
+    def init_small_sample(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.num_foreground_voxels_for_intensitystats = INTENSITY_SAMPLE
+
+    DatasetFingerprintExtractor.__init__ = init_small_sample
     sys.argv[0] = "nnUNetv2_plan_and_preprocess"
     plan_and_preprocess_entry()
 
