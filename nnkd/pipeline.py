@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from nnkd.commands.info import ext_trainer_value, workspace_env
 from nnkd.errors import NNKDError
 from nnkd.io import write_json
+from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
 PROGRESS_TAGS = ("Epoch ", "cls: train_loss", "Mean Validation Dice", "classification on")
 PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
@@ -112,9 +113,7 @@ def plan_and_preprocess(ws: Workspace, dataset_ids: Sequence[int], config: str) 
     todo = [d for d in dataset_ids
             if not os.path.isdir(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d) or "", f"nnUNetPlans_{config}"))]
     if todo:
-        from nnkd.synthetic.plan_and_preprocess import COMMAND
-
-        ws.run([*COMMAND, "-d", *map(str, todo), "-c", config, "-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
+        ws.run([*PLAN_AND_PREPROCESS, "-d", *map(str, todo), "-c", config, "-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
                log=ws.path("logs", f"plan_and_preprocess_{'_'.join(map(str, todo))}.log"))
 
 

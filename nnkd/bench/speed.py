@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from nnkd.errors import NNKDError
+from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
 TARGET_RATIO = 1.10
 TARGET_LOSS_SHARE = 0.05
@@ -255,9 +256,7 @@ class Bench:
             if missing:
                 n = self.env["nnUNet_def_n_proc"]
                 _progress(f"nnUNetv2_plan_and_preprocess -d {' '.join(map(str, missing))} -c {config}")
-                from nnkd.synthetic.plan_and_preprocess import COMMAND
-
-                self._call([*COMMAND, "-d", *map(str, missing), "-c", config, "-np", n, "-npfp", n],
+                self._call([*PLAN_AND_PREPROCESS, "-d", *map(str, missing), "-c", config, "-np", n, "-npfp", n],
                            f"preprocess_{config}")
 
     def _preprocessed(self, dataset_id: int, configuration: str) -> bool:
