@@ -68,6 +68,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from nnkd.bench.speed.report import build_report, environment, format_table, write_outputs
+    from nnkd.bench.speed.runner import SpeedRun
+
     iters = args.iters if args.iters is not None else (3 if args.quick else 8)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if iters < 1 or warmup < 0:
@@ -79,9 +82,6 @@ def run(args) -> int:
             raise NNKDError("-device cuda: torch sees no CUDA device")
     out = os.path.abspath(args.out)
     workspace = os.path.abspath(args.workspace or os.path.join(out, "workspace_quick" if args.quick else "workspace"))
-    from nnkd.bench.speed.report import build_report, environment, format_table, write_outputs
-    from nnkd.bench.speed.runner import SpeedRun
-
     cases = speed_cases(args.methods)
     settings = {"device": args.device, "quick": bool(args.quick), "iters": iters, "warmup": warmup,
                 "threads": args.threads, "workspace": workspace}
