@@ -59,8 +59,8 @@ def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
                      schedules={PAIRED3D.key: schedule}, jobs=settings.jobs, shared_results=True)
     print(f"nnkd demo in {run.ws.root}: teachers, a CT student without and with distillation, on "
           f"{settings.cases} synthetic PET/CT cases ({'x'.join(map(str, settings.size))}); test set of "
-          f"{settings.test_cases} external cases; {settings.epochs} epochs x {settings.iterations} iterations "
-          "per model")
+          f"{settings.test_cases} external cases; {settings.epochs} epoch(s) x {settings.iterations} "
+          "iterations per model")
     if settings.quick:
         print(QUICK_NOTE)
     report = run.run([PAIRED3D.key], None if settings.methods is None else list(settings.methods))

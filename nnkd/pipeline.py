@@ -25,14 +25,21 @@ from nnkd.io import write_json
 from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
 PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
-_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?: ")  # nnU-Net's print_to_log_file prefix
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?:( |$)")  # nnU-Net's print_to_log_file prefix
+
+
+CONSOLE_WIDTH = 240  # longer lines (nnU-Net's configuration dumps) are cut on the console, whole in the log
 
 
 def console_line(line: str) -> Optional[str]:
     """What the console shows of a child's output line: nnU-Net's timestamp cut, blank lines and the
-    ``next: ...`` hints of nnkd's commands left out (the pipeline runs those steps itself; the log keeps them)."""
+    ``next: ...`` hints of nnkd's commands left out (the pipeline runs those steps itself; the log keeps them),
+    lines over :data:`CONSOLE_WIDTH` characters shortened."""
     text = _TIMESTAMP.sub("", line.rstrip())
-    return None if not text.strip() or text.startswith("next: ") else text
+    if not text.strip() or text.startswith("next: "):
+        return None
+    cut = " ... (whole line in log)"
+    return text if len(text) <= CONSOLE_WIDTH else text[:CONSOLE_WIDTH - len(cut)] + cut
 
 
 def run_logged(args: Sequence[str], env: Dict[str, str], log: Optional[str] = None,
@@ -215,7 +222,7 @@ def train(ws: Workspace, dataset_id: int, config: str, trainer: str, plan: Dict[
     log = log or ws.path("logs", f"train_{plan['name']}.log")
     if ws.verbose:
         epochs = (plan.get("schedule") or {}).get("num_epochs")
-        print(f"training {label} with {trainer}" + (f", {epochs} epochs" if epochs else "")
+        print(f"training {label} with {trainer}" + (f", {epochs} epoch(s)" if epochs else "")
               + f" -> {folder}\n  nnU-Net's own log: {os.path.join(folder, 'fold_0', 'training_log_*.txt')}",
               flush=True)
     env = dict(ws.train_env, NNKD_PLAN=plan_path)

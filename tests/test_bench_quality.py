@@ -152,6 +152,18 @@ def test_settings_of_a_workspace_cannot_change(tmp_path):
         longer._check_settings(C.PAIRED3D, longer.schedule(C.PAIRED3D))
 
 
+def test_shared_results_folder_needs_one_model_per_trainer(tmp_path):
+    """The demo keeps every model in the workspace's nnUNet_results (where `nnkd env --workspace` points); nnU-Net
+    names a model folder by trainer, so a benchmark with two models of one trainer is refused before any work."""
+    with pytest.raises(NNKDError, match="needs one seed"):
+        Q.QualityRun(str(tmp_path / "a"), [0, 1], verbose=False, shared_results=True)
+    run = Q.QualityRun(str(tmp_path / "b"), [0], quick=True, verbose=False, shared_results=True)
+    with pytest.raises(NNKDError, match="cannot hold two models of trainer.s. nnKDTrainerPaGKD"):
+        run.run_benchmark(C.UNPAIRED2D)
+    assert not os.listdir(run.ws.env["nnUNet_raw"]) and not os.path.exists(run.ws.path("settings"))
+    assert len({m.trainer for m in C.PAIRED3D.methods}) == len(C.PAIRED3D.methods)  # the demo's benchmark fits
+
+
 def _boxes_csv(path, rows):
     path.write_text("case_id,score,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
                     + "".join(",".join(map(str, r)) + "\n" for r in rows))

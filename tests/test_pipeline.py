@@ -7,7 +7,7 @@ import time
 import pytest
 
 from nnkd.errors import NNKDError
-from nnkd.pipeline import Workspace, console_line
+from nnkd.pipeline import CONSOLE_WIDTH, Workspace, console_line
 
 # The child prints without flushing (only PYTHONUNBUFFERED, which Workspace sets, makes the line leave at once),
 # then waits until the test has seen that line in the log: it cannot end before, however slow the machine.
@@ -70,6 +70,9 @@ def test_console_line():
     assert console_line("2026-12-07 00:52:13.123456: Epoch 3\n") == "Epoch 3"
     assert console_line("   \n") is None and console_line("next: nnkd predict ...\n") is None
     assert console_line("Preprocessing cases:  50%|#####     | 3/6\n") == "Preprocessing cases:  50%|#####     | 3/6"
+    assert console_line("2026-12-07 01:05:54.529872:\n") is None  # nnU-Net's empty log line
+    long = console_line("{" + "x" * 1000 + "}\n")
+    assert len(long) == CONSOLE_WIDTH and long.endswith("... (whole line in log)")
 
 
 def test_workspace_folders_are_where_nnkd_env_points(tmp_path, capsys):

@@ -425,6 +425,14 @@ class QualityRun:
 
     # ------------------------------------------------------------------ one benchmark
     def run_benchmark(self, bench: Benchmark, methods: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
+        chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
+        if self.shared_results:  # nnU-Net names a model folder by dataset, trainer and configuration only
+            slots = [(m.teacher_side, m.trainer) for m in chosen]
+            twice = sorted({t for side, t in slots if slots.count((side, t)) > 1})
+            if twice:
+                raise NNKDError(f"[{bench.key}] one nnUNet_results folder cannot hold two models of trainer(s) "
+                                f"{', '.join(twice)}; leave shared_results off")
         why = self.available(bench)
         if why:
             self.log(f"[{bench.key}] skipped: {why}")
@@ -434,14 +442,6 @@ class QualityRun:
         t0 = time.time()
         self.log(f"[{bench.key}] data: {s.cases} training / {s.test_cases} test cases of {'x'.join(map(str, s.size))}")
         ids = self.data(bench, s)
-        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
-        chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
-        if self.shared_results:
-            folders = [(m.teacher_side, m.trainer) for m in chosen]
-            twice = sorted({t for side, t in folders if folders.count((side, t)) > 1})
-            if twice:
-                raise NNKDError(f"[{bench.key}] one nnUNet_results folder cannot hold two models of trainer(s) "
-                                f"{', '.join(twice)}; leave shared_results off")
         for m in chosen:
             self.test_images(bench, m, ids)
         teachers = [(seed, m) for seed in self.seeds for m in chosen if m.role in (TEACHER, AUX_TEACHER)]
