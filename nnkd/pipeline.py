@@ -1,11 +1,13 @@
-"""Driving nnU-Net's and nnkd's command lines from Python: the steps ``nnkd demo`` and ``nnkd bench quality`` share.
+"""Driving nnU-Net's and nnkd's command lines from Python: the layer ``nnkd demo``, ``nnkd bench quality`` and
+``nnkd bench speed`` share.
 
 A :class:`Workspace` holds the nnU-Net folders and the environment every child process gets. The
 steps (synthetic data, planning, training with a distillation plan, prediction, evaluation) run the
 real CLIs (``nnkd synth``, ``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``, ``nnkd predict``,
 ``nnUNetv2_predict``, ``nnkd detect``, ``nnkd evaluate``) and skip what the workspace already
 holds, so a re-run resumes: a model whose fold has ``checkpoint_final.pth`` is not trained again, a
-prediction whose output file exists is not repeated.
+prediction whose output file exists is not repeated. Every child process streams its output, line by
+line as it comes, to its log file and to the console (:func:`run_logged`).
 """
 from __future__ import annotations
 
