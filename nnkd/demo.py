@@ -9,16 +9,24 @@ from plans/ -> nnkd predict on an external synthetic test set (CT-only models se
 buys over the student without it. This is ``nnkd bench quality``'s paired3d benchmark with one seed
 and a shorter schedule (:mod:`nnkd.bench.quality`). Steps already done in the workspace are
 skipped, so a re-run resumes.
+
+Layout: ``WORKSPACE/nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` (every model folder),
+exactly where ``nnkd env --workspace WORKSPACE`` points nnU-Net; per model ``WORKSPACE/runs/paired3d/
+seed<s>/<model>/`` holds its logs (train.log, predict.log, evaluate.log), predictions and report.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from nnkd.io import write_json
+
+QUICK_NOTE = ("PATH CHECK ONLY (--quick): tiny data and 1 epoch of 2 iterations per model. These numbers carry no "
+              "meaning: they only show that every step ran. Run `nnkd demo` without --quick for results.")
 
 
 @dataclass(frozen=True)
@@ -31,41 +39,78 @@ class DemoSettings:
     val_iterations: int = 2
     seed: int = 0
     jobs: int = 2  # trainings at once: overlaps nnU-Net's single-threaded parts on 2 cores
-    methods: Optional[Tuple[str, ...]] = None  # distillation methods (keys of nnkd.bench.quality.PAIRED3D); None = all
+    methods: Optional[Tuple[str, ...]] = None  # distillation methods (keys of catalogue.PAIRED3D); None = all
+    quick: bool = False  # a path check: its numbers mean nothing, and the summary says so
 
 
 # a smoke run: every step once, REACT-KD as the only distilled student
 QUICK = DemoSettings(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
-                     methods=("react",))
+                     methods=("react",), quick=True)
 
 
 def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
-    from nnkd.bench.quality import PAIRED3D, QualityRun, Schedule
+    from nnkd.bench.catalogue import PAIRED3D, Schedule
+    from nnkd.bench.quality import QualityRun
 
     t0 = time.time()
     schedule = Schedule(cases=settings.cases, test_cases=settings.test_cases, size=tuple(settings.size),
                         epochs=settings.epochs, iterations=settings.iterations, val_iterations=settings.val_iterations)
-    run = QualityRun(os.path.join(workspace, "reports"), [settings.seed], workspace=workspace,
-                     schedules={PAIRED3D.key: schedule}, jobs=settings.jobs)
+    run = QualityRun(os.path.join(workspace, "reports"), [settings.seed], quick=settings.quick, workspace=workspace,
+                     schedules={PAIRED3D.key: schedule}, jobs=settings.jobs, shared_results=True)
     print(f"nnkd demo in {run.ws.root}: teachers, a CT student without and with distillation, on "
           f"{settings.cases} synthetic PET/CT cases ({'x'.join(map(str, settings.size))}); test set of "
-          f"{settings.test_cases} external cases")
+          f"{settings.test_cases} external cases; {settings.epochs} epoch(s) x {settings.iterations} "
+          "iterations per model")
+    if settings.quick:
+        print(QUICK_NOTE)
     report = run.run([PAIRED3D.key], None if settings.methods is None else list(settings.methods))
     bench = report["benchmarks"][PAIRED3D.key]
     table = summary_table(bench, str(settings.seed))
     minutes = round((time.time() - t0) / 60, 1)
-    write_json(run.ws.path("reports", "summary.json"), {"table": table, "minutes": minutes,
+    write_json(run.ws.path("reports", "summary.json"), {"table": table, "minutes": minutes, "quick": settings.quick,
+                                                        "note": QUICK_NOTE if settings.quick else None,
                                                         "models": bench["runs"]})
     print("\n" + table)
+    if settings.quick:
+        print("\n" + QUICK_NOTE)
+    print("\n" + "\n".join(where_lines(run.ws.root, bench, str(settings.seed))))
     print(f"\nreports: {run.ws.path('reports')}  (quality.md / .json / .png; per model: "
           f"runs/paired3d/seed{settings.seed}/<model>/report with metrics.json, roc.png, dca.png, calibration.png)")
     print(f"total time: {minutes:.1f} min")
     return bench
 
 
+def where_lines(root: str, bench: Dict, seed: str) -> List[str]:
+    """Where each model folder and log is, and the commands that use them (``nnkd env`` + ``nnkd predict``)."""
+    from nnkd.bench.catalogue import KD, PAIRED3D
+
+    results = os.path.join(root, "nnUNet_results")
+    lines = ["where things are:"]
+    example = None
+    for m in PAIRED3D.methods:
+        rec = bench["runs"].get(m.key, {}).get(seed)
+        if rec is None:
+            continue
+        logs = rec.get("logs", {})
+        lines += [f"  {m.label}:", f"    model:   {rec['model_folder']}",
+                  f"    logs:    {logs.get('train', '?')} (training), "
+                  f"{os.path.join(rec['model_folder'], 'fold_0', 'training_log_*.txt')} (nnU-Net's own)"]
+        if example is None and m.role == KD:
+            example = rec
+    if example is not None:
+        rel = os.path.relpath(example["model_folder"], results)
+        model = f'"$nnUNet_results/{rel}"' if not rel.startswith("..") else shlex.quote(example["model_folder"])
+        images = example.get("test_images") or os.path.join(root, "test_images", "<images>")
+        lines += ["", "use the models yourself (nnU-Net's folders of this demo, then a prediction with the student):",
+                  f'  eval "$(nnkd env --workspace {shlex.quote(root)})"',
+                  f"  nnkd predict -i {shlex.quote(images)} -o {shlex.quote(os.path.join(root, 'my_predictions'))} "
+                  f"-m {model} -f 0 -device cpu"]
+    return lines
+
+
 def summary_table(bench: Dict, seed: str) -> str:
     """Every model of the demo: test macro AUC with its bootstrap CI, accuracy, balanced accuracy, training time."""
-    from nnkd.bench.quality import PAIRED3D
+    from nnkd.bench.catalogue import PAIRED3D
 
     rows = [("model", "AUC [95% CI]", "accuracy", "bal. acc.", "train min")]
     for m in PAIRED3D.methods:

@@ -1,50 +1,97 @@
-"""Driving nnU-Net's and nnkd's command lines from Python: the steps ``nnkd demo`` and ``nnkd bench quality`` share.
+"""Driving nnU-Net's and nnkd's command lines from Python: the layer ``nnkd demo``, ``nnkd bench quality`` and
+``nnkd bench speed`` share.
 
 A :class:`Workspace` holds the nnU-Net folders and the environment every child process gets. The
 steps (synthetic data, planning, training with a distillation plan, prediction, evaluation) run the
 real CLIs (``nnkd synth``, ``nnUNetv2_plan_and_preprocess``, ``nnUNetv2_train``, ``nnkd predict``,
 ``nnUNetv2_predict``, ``nnkd detect``, ``nnkd evaluate``) and skip what the workspace already
 holds, so a re-run resumes: a model whose fold has ``checkpoint_final.pth`` is not trained again, a
-prediction whose output file exists is not repeated.
+prediction whose output file exists is not repeated. Every child process streams its output, line by
+line as it comes, to its log file and to the console (:func:`run_logged`).
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from nnkd.commands.info import ext_trainer_value, workspace_env
 from nnkd.errors import NNKDError
 from nnkd.io import write_json
 from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
-PROGRESS_TAGS = ("Epoch ", "cls: train_loss", "Mean Validation Dice", "classification on")
 PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?:( |$)")  # nnU-Net's print_to_log_file prefix
+
+
+CONSOLE_WIDTH = 240  # longer lines (nnU-Net's configuration dumps) are cut on the console, whole in the log
+
+
+def console_line(line: str) -> Optional[str]:
+    """What the console shows of a child's output line: nnU-Net's timestamp cut, blank lines and the
+    ``next: ...`` hints of nnkd's commands left out (the pipeline runs those steps itself; the log keeps them),
+    lines over :data:`CONSOLE_WIDTH` characters shortened."""
+    text = _TIMESTAMP.sub("", line.rstrip())
+    if not text.strip() or text.startswith("next: "):
+        return None
+    cut = " ... (whole line in log)"
+    return text if len(text) <= CONSOLE_WIDTH else text[:CONSOLE_WIDTH - len(cut)] + cut
+
+
+def run_logged(args: Sequence[str], env: Dict[str, str], log: Optional[str] = None,
+               echo: Optional[Callable[[str], Optional[str]]] = console_line, prefix: str = "  ") -> int:
+    """Run ``args`` and pass every line of its output (stdout and stderr), as it comes, to ``log`` (flushed
+    line by line) and, through ``echo`` (None: nothing on the console), to the console after ``prefix``.
+
+    The child should run with ``PYTHONUNBUFFERED=1`` (:class:`Workspace` sets it): Python children
+    block-buffer a pipe otherwise. ``\r`` counts as a line end, so progress bars show as lines.
+    Returns the exit status.
+    """
+    f = None
+    if log:
+        os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
+        f = open(log, "w", encoding="utf-8", buffering=1)  # line-buffered: readable while the child runs
+    try:
+        with subprocess.Popen(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              errors="replace", bufsize=1) as p:
+            for line in p.stdout:
+                if f is not None:
+                    f.write(line)
+                shown = echo(line) if echo is not None else None
+                if shown is not None:
+                    print(prefix + shown, flush=True)
+    finally:
+        if f is not None:
+            f.close()
+    return p.returncode
 
 
 class Workspace:
     """Paths and the environment every child process gets.
 
-    ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` live under ``root``; a training
-    may put its results elsewhere (``results`` of :func:`train`) so that runs of one trainer with
-    different plans or seeds get their own model folders.
+    ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` live under ``root``, exactly where
+    ``nnkd env --workspace ROOT`` points them; a training may put its results elsewhere (``results`` of
+    :func:`train`) so that runs of one trainer with different plans or seeds get their own model folders.
+    Logs go to ``ROOT/logs`` unless a step names its own.
     """
 
-    def __init__(self, root: str, verbose: bool = True, progress: bool = True):
+    def __init__(self, root: str, verbose: bool = True, tag_lines: bool = False):
         self.root = os.path.abspath(root)
         self.verbose = verbose
-        self.progress = progress  # echo the epoch lines of logged commands (off when several run at once)
+        self.tag_lines = tag_lines  # prefix echoed lines with their step's label (several steps run at once)
         self.env = dict(os.environ, **workspace_env(self.root), nnUNet_extTrainer=ext_trainer_value())
-        self.env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the logs (and the progress echo) as they come
+        self.env["PYTHONUNBUFFERED"] = "1"  # children's lines reach the logs and the console as they come
+        self.env.pop("NNKD_PLAN", None)  # a training names its own plan
         # OpenMP threads that spin while they wait for work make a 2-core machine that runs anything else crawl
         # (measured: one 3D training step 12-20 s spinning, 3 s passive, under a load of 6-10)
         self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        for k, v in {"nnUNet_def_n_proc": "2", "nnUNet_compile": "0"}.items():
+        for k, v in {"nnUNet_def_n_proc": "2", "nnUNet_compile": "0", "MPLBACKEND": "agg"}.items():
             self.env.setdefault(k, v)
         # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA): 0 is for training only.
         self.train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
@@ -62,28 +109,38 @@ class Workspace:
             if os.path.isdir(root) else []
         return os.path.join(root, hits[0]) if hits else None
 
-    def run(self, args: List[str], extra_env: Optional[Dict[str, str]] = None, log: Optional[str] = None) -> float:
-        """Run a command; with ``log`` its output goes there and the epoch lines to the console.
-        Returns the wall time in seconds; a non-zero exit raises :class:`NNKDError`."""
+    def is_preprocessed(self, dataset_id: int, config: str) -> bool:
+        """The dataset has nnU-Net plans with ``config`` and a non-empty preprocessed data folder for it."""
+        folder = self.dataset_folder("nnUNet_preprocessed", dataset_id)
+        plans_file = os.path.join(folder or "", "nnUNetPlans.json")
+        if not os.path.isfile(plans_file):
+            return False
+        with open(plans_file) as f:
+            ident = json.load(f)["configurations"].get(config, {}).get("data_identifier", "")
+        sub = os.path.join(folder, ident)
+        return bool(ident) and os.path.isdir(sub) and len(os.listdir(sub)) > 0
+
+    def run(self, args: List[str], extra_env: Optional[Dict[str, str]] = None, log: Optional[str] = None,
+            label: Optional[str] = None, echo: Optional[Callable[[str], Optional[str]]] = console_line) -> float:
+        """Run a command; its output streams to ``log`` and (``verbose``) to the console as it comes.
+        Returns the wall time in seconds; a non-zero exit raises :class:`NNKDError` with the log's last lines."""
         env = dict(self.env, **(extra_env or {}))
+        tag = f"[{label}] " if label and self.tag_lines else ""
         if self.verbose:
-            print(f"$ {' '.join(args)}", flush=True)
+            print(f"{tag}$ {' '.join(map(str, args))}" + (f"\n{tag}  (log: {log})" if log else ""), flush=True)
         t0 = time.time()
-        if log:
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            with open(log, "w") as f, subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
-                                                       stderr=subprocess.STDOUT, text=True) as p:
-                for line in p.stdout:
-                    f.write(line)
-                    if self.verbose and self.progress and any(tag in line for tag in PROGRESS_TAGS):
-                        print("  " + line.split(": ", 1)[-1].rstrip(), flush=True)
-        else:
-            p = subprocess.run(args, env=env, stdout=None if self.verbose else subprocess.DEVNULL)
-        if p.returncode != 0:
-            raise NNKDError(f"'{' '.join(args)}' failed (exit {p.returncode})" + (f"; see {log}" if log else ""))
+        code = run_logged(args, env, log, echo if self.verbose else None, prefix="  " + tag)
+        if code != 0:
+            tail = ""
+            if log and os.path.isfile(log):
+                with open(log, encoding="utf-8", errors="replace") as f:
+                    tail = "\n" + "\n".join(f.read().strip().splitlines()[-15:])
+            raise NNKDError(f"'{' '.join(map(str, args))}' failed (exit {code})"
+                            + (f"; log {log}:{tail}" if log else ""))
         seconds = time.time() - t0
         if self.verbose:
-            print(f"  done in {seconds:.0f} s" + ("" if self.progress else f": {' '.join(args[:5])} ..."), flush=True)
+            print(f"{tag}  done in {seconds:.0f} s" + (f": {' '.join(map(str, args[:5]))} ..." if tag else ""),
+                  flush=True)
         return seconds
 
 
@@ -100,20 +157,23 @@ def tool(name: str) -> str:
 
 # ------------------------------------------------------------------------------------------- data
 def synth(ws: Workspace, kind: str, dataset_id: int, cases: int, seed: int, size: Sequence[int]) -> List[str]:
-    """``nnkd synth KIND`` unless the dataset exists; returns the raw folder(s) (two for unpaired kinds)."""
+    """``nnkd synth KIND`` unless the dataset exists; returns the raw folder(s) (two for unpaired kinds: student
+    ``dataset_id`` and teacher ``dataset_id + 1``, made again together when one of them is missing)."""
     n = 1 if kind == "paired3d" else 2
     if any(ws.dataset_folder("nnUNet_raw", dataset_id + i) is None for i in range(n)):
-        ws.run(nnkd_cmd("synth", kind, "--id", dataset_id, "--cases", cases, "--seed", seed, "--size", *size))
+        ws.run(nnkd_cmd("synth", kind, "--id", dataset_id, "--cases", cases, "--seed", seed, "--size", *size,
+                        "--overwrite"), log=ws.path("logs", f"synth_{kind}_{dataset_id}.log"))
     return [ws.dataset_folder("nnUNet_raw", dataset_id + i) for i in range(n)]
 
 
 def plan_and_preprocess(ws: Workspace, dataset_ids: Sequence[int], config: str) -> None:
     """``nnUNetv2_plan_and_preprocess`` for the datasets not preprocessed yet (synthetic data: with the
     smaller intensity sample of :mod:`nnkd.synthetic.plan_and_preprocess`)."""
-    todo = [d for d in dataset_ids
-            if not os.path.isdir(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d) or "", f"nnUNetPlans_{config}"))]
+    todo = [d for d in dataset_ids if not ws.is_preprocessed(d, config)]
     if todo:
-        ws.run([*PLAN_AND_PREPROCESS, "-d", *map(str, todo), "-c", config, "-np", "2", "-npfp", "2", "--verify_dataset_integrity"],
+        n = ws.env["nnUNet_def_n_proc"]
+        ws.run([*PLAN_AND_PREPROCESS, "-d", *map(str, todo), "-c", config, "-np", n, "-npfp", n,
+                "--verify_dataset_integrity"],
                log=ws.path("logs", f"plan_and_preprocess_{'_'.join(map(str, todo))}.log"))
 
 
@@ -163,13 +223,16 @@ def train(ws: Workspace, dataset_id: int, config: str, trainer: str, plan: Dict[
     write_json(plan_path, plan)
     log = log or ws.path("logs", f"train_{plan['name']}.log")
     if ws.verbose:
-        print(f"training {label} with {trainer} (log: {log})")
+        epochs = (plan.get("schedule") or {}).get("num_epochs")
+        print(f"training {label} with {trainer}" + (f", {epochs} epoch(s)" if epochs else "")
+              + f" -> {folder}\n  nnU-Net's own log: {os.path.join(folder, 'fold_0', 'training_log_*.txt')}",
+              flush=True)
     env = dict(ws.train_env, NNKD_PLAN=plan_path)
     if results:
         os.makedirs(results, exist_ok=True)
         env["nnUNet_results"] = results
     ws.run([tool("nnUNetv2_train"), str(dataset_id), config, "0", "-tr", trainer, "-device", "cpu"],
-           extra_env=env, log=log)
+           extra_env=env, log=log, label=label)
     return folder
 
 
@@ -193,50 +256,53 @@ def channel_images(raw_folder: str, channels: Optional[List[int]], dst: str) -> 
 
 
 def predict_classes(ws: Workspace, images: str, out: str, model: str, redo: bool = False,
-                    log: Optional[str] = None) -> str:
+                    log: Optional[str] = None, label: Optional[str] = None) -> str:
     """``nnkd predict`` (class probabilities + segmentations); returns ``out/classification.csv``."""
     csv = os.path.join(out, "classification.csv")
     if redo or not os.path.isfile(csv):
-        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", "cpu"), log=log)
+        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", "cpu"),
+               log=log, label=label)
     return csv
 
 
 def predict_detections(ws: Workspace, images: str, out: str, model: str, redo: bool = False,
-                       log: Optional[str] = None) -> str:
+                       log: Optional[str] = None, label: Optional[str] = None) -> str:
     """``nnUNetv2_predict --save_probabilities`` then ``nnkd detect``; returns ``out/detections.csv``."""
     csv = os.path.join(out, "detections.csv")
     if redo or not os.path.isfile(csv):
         maps = os.path.join(out, "probabilities")
         ws.run([tool("nnUNetv2_predict_from_modelfolder"), "-i", images, "-o", maps, "-m", model, "-f", "0",
-                "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"], log=log)
-        ws.run(nnkd_cmd("detect", "-i", maps, "-o", csv), log=log and log + ".detect")
+                "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"],
+               log=log, label=label)
+        ws.run(nnkd_cmd("detect", "-i", maps, "-o", csv), log=log and log + ".detect", label=label)
     return csv
 
 
 def evaluate_classes(ws: Workspace, csv: str, labels: str, out: str, redo: bool = False,
-                     log: Optional[str] = None) -> Dict[str, Any]:
+                     log: Optional[str] = None, label: Optional[str] = None) -> Dict[str, Any]:
     """``nnkd evaluate`` -> ``out/metrics.json`` (read back)."""
     metrics = os.path.join(out, "metrics.json")
     if redo or not os.path.isfile(metrics):
-        ws.run(nnkd_cmd("evaluate", csv, "--labels", labels, "-o", out), log=log)
+        ws.run(nnkd_cmd("evaluate", csv, "--labels", labels, "-o", out), log=log, label=label)
     with open(metrics) as f:
         return json.load(f)
 
 
 def evaluate_detections(ws: Workspace, csv: str, ground_truth: str, out: str, redo: bool = False,
-                        log: Optional[str] = None) -> Dict[str, Any]:
+                        log: Optional[str] = None, label: Optional[str] = None) -> Dict[str, Any]:
     """``nnkd evaluate --detection`` -> ``out/froc.json`` (read back)."""
     report = os.path.join(out, "froc.json")
     if redo or not os.path.isfile(report):
-        ws.run(nnkd_cmd("evaluate", csv, "--detection", "--labels", ground_truth, "-o", out), log=log)
+        ws.run(nnkd_cmd("evaluate", csv, "--detection", "--labels", ground_truth, "-o", out), log=log, label=label)
     with open(report) as f:
         return json.load(f)
 
 
 def compare_classes(ws: Workspace, csv_a: str, csv_b: str, labels: str, out_json: str, names: Sequence[str],
-                    redo: bool = False, log: Optional[str] = None) -> Dict[str, Any]:
+                    redo: bool = False, log: Optional[str] = None, label: Optional[str] = None) -> Dict[str, Any]:
     """``nnkd compare A B`` (DeLong + paired bootstrap) -> ``out_json`` (read back)."""
     if redo or not os.path.isfile(out_json):
-        ws.run(nnkd_cmd("compare", csv_a, csv_b, "--labels", labels, "--names", *names, "-o", out_json), log=log)
+        ws.run(nnkd_cmd("compare", csv_a, csv_b, "--labels", labels, "--names", *names, "-o", out_json),
+               log=log, label=label)
     with open(out_json) as f:
         return json.load(f)

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from nnkd.bench import catalogue as C
 from nnkd.bench import quality as Q
 from nnkd.cli import main
 from nnkd.errors import NNKDError
@@ -35,8 +36,8 @@ def _values():
 
 
 def test_summarise_per_method():
-    stats = Q.summarise(Q.PAIRED3D, _values())
-    assert set(stats) == {m.key for m in Q.PAIRED3D.methods}
+    stats = Q.summarise(C.PAIRED3D, _values())
+    assert set(stats) == {m.key for m in C.PAIRED3D.methods}
     assert stats["teacher"]["mean"] == pytest.approx(0.95) and stats["teacher"]["sd"] == pytest.approx(0.05)
     assert stats["react"]["gap_share"] == pytest.approx((0.75 - 0.6) / (0.95 - 0.6))
     assert stats["logit"]["n"] == 2 and stats["logit"]["gap_share"] == pytest.approx((0.55 - 0.6) / 0.35)
@@ -69,11 +70,11 @@ def test_comparison_summary_and_tables(tmp_path):
 
     seeds = [0, 1, 2]
     values = dict(_values(), fitnet={0: None})  # FitNet ran once without a value; AT and DKD did not run
-    stats = Q.summarise(Q.PAIRED3D, values)
+    stats = Q.summarise(C.PAIRED3D, values)
     comparisons = {"react": {"0": better, "1": same}, "logit": {"0": det}}
-    table = Q.markdown_table(Q.PAIRED3D, stats, comparisons, seeds)
+    table = Q.markdown_table(C.PAIRED3D, stats, comparisons, seeds)
     lines = table.splitlines()
-    assert len(lines) == 2 + len(Q.PAIRED3D.methods) - 2
+    assert len(lines) == 2 + len(C.PAIRED3D.methods) - 2
     assert not any(line.startswith(("| attention transfer", "| DKD")) for line in lines)
     assert all(line.count("|") == lines[0].count("|") for line in lines)  # every row has every column
     react = next(line for line in lines if line.startswith("| REACT-KD"))
@@ -98,10 +99,10 @@ def test_comparison_summary_and_tables(tmp_path):
 
 
 def test_method_plan_fills_in_seed_schedule_and_teachers():
-    s = Q.Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=10, iterations=5, val_iterations=1)
+    s = C.Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=10, iterations=5, val_iterations=1)
     folders = {"teacher": "/r/teacher_folder", "dose_teacher": "/r/dose_folder"}
-    react = next(m for m in Q.PAIRED3D.methods if m.key == "react")
-    plan = Q.method_plan(Q.PAIRED3D, react, 2, s, folders, 930)
+    react = next(m for m in C.PAIRED3D.methods if m.key == "react")
+    plan = Q.method_plan(C.PAIRED3D, react, 2, s, folders, 930)
     assert plan["name"] == "paired3d_react_seed2" and plan["seed"] == 2
     assert plan["schedule"] == {"num_epochs": 10, "num_iterations_per_epoch": 5, "num_val_iterations_per_epoch": 1}
     assert [(t["name"], t["model_folder"]) for t in plan["teachers"]] == [
@@ -110,10 +111,10 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
     from nnkd.plan import validate_plan
     validate_plan(plan, "test")  # still a valid plan
 
-    teacher = Q.PAIRED3D.role(Q.TEACHER)[0]
-    assert not Q.method_plan(Q.PAIRED3D, teacher, 0, s, {}, 930).get("teachers")
+    teacher = C.PAIRED3D.role(C.TEACHER)[0]
+    assert not Q.method_plan(C.PAIRED3D, teacher, 0, s, {}, 930).get("teachers")
 
-    bad = replace(Q.PAIRED3D, teachers={"structure_function": "teacher"})
+    bad = replace(C.PAIRED3D, teachers={"structure_function": "teacher"})
     with pytest.raises(NNKDError, match="teacher 'dose_aware' is not one this benchmark trains"):
         Q.method_plan(bad, react, 0, s, folders, 930)
 
@@ -121,9 +122,9 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
 def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
     from nnkd.pipeline import PLANS_DIR
 
-    s = Q.Schedule(cases=12, test_cases=6, size=(32, 32), epochs=10, iterations=2, val_iterations=1)
-    for bench in (Q.UNPAIRED2D, Q.LESION2D):
-        for m in bench.role(Q.KD):
+    s = C.Schedule(cases=12, test_cases=6, size=(32, 32), epochs=10, iterations=2, val_iterations=1)
+    for bench in (C.UNPAIRED2D, C.LESION2D):
+        for m in bench.role(C.KD):
             if not os.path.isfile(os.path.join(PLANS_DIR, f"{m.plan}.json")):
                 pytest.skip(f"plans/{m.plan}.json not there yet")
             plan = Q.method_plan(bench, m, 1, s, {"teacher": "/r/t"}, bench.dataset_id + 1)
@@ -133,22 +134,34 @@ def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
 
 
 def test_benchmark_tables_are_consistent():
-    for bench in Q.BENCHMARKS.values():
+    for bench in C.BENCHMARKS.values():
         roles = [m.role for m in bench.methods]
-        assert roles.count(Q.TEACHER) == 1 and roles.count(Q.NOKD) == 1 and Q.KD in roles
+        assert roles.count(C.TEACHER) == 1 and roles.count(C.NOKD) == 1 and C.KD in roles
         assert len({m.key for m in bench.methods}) == len(bench.methods)
-        assert set(bench.teachers.values()) <= {m.key for m in bench.methods if m.role in (Q.TEACHER, Q.AUX_TEACHER)}
+        assert set(bench.teachers.values()) <= {m.key for m in bench.methods if m.role in (C.TEACHER, C.AUX_TEACHER)}
         assert bench.quick.epochs <= 2 and bench.quick.cases <= bench.full.cases
 
 
 def test_settings_of_a_workspace_cannot_change(tmp_path):
     run = Q.QualityRun(str(tmp_path), [0], quick=True, verbose=False)
-    run._check_settings(Q.PAIRED3D, run.schedule(Q.PAIRED3D))
-    run._check_settings(Q.PAIRED3D, run.schedule(Q.PAIRED3D))  # same settings: resumes
+    run._check_settings(C.PAIRED3D, run.schedule(C.PAIRED3D))
+    run._check_settings(C.PAIRED3D, run.schedule(C.PAIRED3D))  # same settings: resumes
     longer = Q.QualityRun(str(tmp_path), [0], quick=True, overrides={"epochs": 5}, verbose=False)
-    assert longer.schedule(Q.PAIRED3D).epochs == 5
+    assert longer.schedule(C.PAIRED3D).epochs == 5
     with pytest.raises(NNKDError, match="holds the paired3d benchmark with other settings"):
-        longer._check_settings(Q.PAIRED3D, longer.schedule(Q.PAIRED3D))
+        longer._check_settings(C.PAIRED3D, longer.schedule(C.PAIRED3D))
+
+
+def test_shared_results_folder_needs_one_model_per_trainer(tmp_path):
+    """The demo keeps every model in the workspace's nnUNet_results (where `nnkd env --workspace` points); nnU-Net
+    names a model folder by trainer, so a benchmark with two models of one trainer is refused before any work."""
+    with pytest.raises(NNKDError, match="needs one seed"):
+        Q.QualityRun(str(tmp_path / "a"), [0, 1], verbose=False, shared_results=True)
+    run = Q.QualityRun(str(tmp_path / "b"), [0], quick=True, verbose=False, shared_results=True)
+    with pytest.raises(NNKDError, match="cannot hold two models of trainer.s. nnKDTrainerPaGKD"):
+        run.run_benchmark(C.UNPAIRED2D)
+    assert not os.listdir(run.ws.env["nnUNet_raw"]) and not os.path.exists(run.ws.path("settings"))
+    assert len({m.trainer for m in C.PAIRED3D.methods}) == len(C.PAIRED3D.methods)  # the demo's benchmark fits
 
 
 def _boxes_csv(path, rows):

@@ -5,7 +5,8 @@ import math
 import pytest
 
 from conftest import nnkd_cli
-from nnkd.bench import speed
+from nnkd.bench import catalogue
+from nnkd.bench.speed import report as speed
 from nnkd.errors import NNKDError
 
 
@@ -21,7 +22,7 @@ def _fake_results():
 
 
 def test_report_table_and_markdown_from_per_batch_times():
-    cases = [speed.plain_case("paired3d"), next(c for c in speed.CASES if c.label == "REACT-KD")]
+    cases = [catalogue.plain_case("paired3d"), next(c for c in catalogue.SPEED_CASES if c.label == "REACT-KD")]
     settings = {"device": "cpu", "quick": True, "iters": 3, "warmup": 0, "threads": 1, "workspace": "w"}
     report = speed.build_report(_fake_results(), cases, settings, {"torch": "x", "cpu_count": 2})
     plain, react = report["rows"]
@@ -41,8 +42,27 @@ def test_report_table_and_markdown_from_per_batch_times():
 
 def test_unknown_method_is_named():
     with pytest.raises(NNKDError, match="known: REACT-KD"):
-        speed.all_cases(["nope"])
-    assert [c.label for c in speed.all_cases(["react-kd"])] == ["plain paired3d", "REACT-KD"]
+        catalogue.speed_cases(["nope"])
+    assert [c.label for c in catalogue.speed_cases(["react-kd"])] == ["plain paired3d", "REACT-KD"]
+
+
+def test_one_catalogue_for_speed_and_quality():
+    """The speed datasets are the quality benchmarks' settings: same kinds, configurations and teacher trainers."""
+    paired = catalogue.DATASETS["paired3d"]
+    assert (paired.dataset_id, paired.configuration, paired.n_datasets) == (980, "3d_fullres", 1)
+    assert (paired.size, paired.cases, paired.quick_size, paired.quick_cases) == ((24, 40, 40), 10, (16, 32, 32), 8)
+    assert [(t.name, t.trainer, t.dataset_offset, t.paired, t.plan_entry) for t in paired.teachers] == [
+        ("structure_function", "nnKDTrainerCls", 0, True, {"channels": ["CT", "FDG", "ACE"]}),
+        ("dose_aware", "nnKDTrainerDoseTeacher", 0, True, {"channels": ["CT"]})]
+    assert [(t.name, t.trainer, t.dataset_offset, t.paired) for t in catalogue.DATASETS["lesion2d"].teachers] == [
+        ("mammography", "nnKDTrainerImPA", 1, False)]
+    for key, ds in catalogue.DATASETS.items():
+        bench = catalogue.BENCHMARKS[key]
+        assert (ds.kind, ds.configuration) == (bench.kind, bench.config)
+        assert {t.trainer for t in ds.teachers} <= {m.trainer for m in bench.methods if m.role != catalogue.KD}
+        assert ds.batch_case in {c.label for c in catalogue.speed_cases()}
+    for case in catalogue.SPEED_CASES:  # every speed row is a trainer the quality benchmark distils with
+        assert case.trainer in {m.trainer for m in catalogue.BENCHMARKS[case.dataset].role(catalogue.KD)}, case
 
 
 @pytest.mark.integration

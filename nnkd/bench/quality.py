@@ -25,105 +25,12 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from nnkd.bench.catalogue import AUX_TEACHER, BENCHMARKS, KD, NOKD, TEACHER, Benchmark, Method, Schedule
 from nnkd.errors import NNKDError
 
-TEACHER, AUX_TEACHER, NOKD, KD = "teacher", "second teacher", "no KD", "KD"
-
-
-@dataclass(frozen=True)
-class Method:
-    """One trained model of a benchmark."""
-
-    key: str  # short id: folder names and tables
-    label: str
-    trainer: str
-    plan: str  # a file of the repository's plans/ folder
-    role: str  # TEACHER, AUX_TEACHER, NOKD or KD
-    channels: Optional[Tuple[int, ...]] = None  # test-image channels it deploys with (None = all)
-    teacher_side: bool = False  # trained and tested on the teacher modality's datasets (unpaired teachers)
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """Data size and training length of one benchmark."""
-
-    cases: int  # training cases (per dataset for the unpaired kinds)
-    test_cases: int
-    size: Tuple[int, ...]
-    epochs: int
-    iterations: int
-    val_iterations: int
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    key: str
-    title: str
-    kind: str  # nnkd synth KIND
-    task: str  # "classification" or "detection"
-    config: str
-    dataset_id: int  # student training set; +1 teacher set (unpaired); +2 / +3 the test sets
-    methods: Tuple[Method, ...]
-    teachers: Dict[str, str]  # plan teacher name -> key of the method that provides it
-    full: Schedule
-    quick: Schedule
-
-    @property
-    def metric(self) -> str:
-        return "macro AUC" if self.task == "classification" else "FROC mean sensitivity (1-4 FP/case)"
-
-    @property
-    def unpaired(self) -> bool:
-        return self.kind != "paired3d"
-
-    def role(self, role: str) -> List[Method]:
-        return [m for m in self.methods if m.role == role]
-
-
-CT = (0,)
-PAIRED3D = Benchmark(
-    "paired3d", "Paired 3D PET/CT grading (REACT-KD setting): CT-only students, CT+FDG+ACE teacher",
-    "paired3d", "classification", "3d_fullres", 930,
-    (Method("teacher", "teacher CT+FDG+ACE", "nnKDTrainerCls", "cls_teacher", TEACHER),
-     Method("dose_teacher", "dose-aware teacher CT", "nnKDTrainerDoseTeacher", "react_dose_teacher", AUX_TEACHER, CT),
-     Method("nokd", "student CT, no KD", "nnKDTrainerClsBaseline", "cls_student", NOKD, CT),
-     Method("react", "REACT-KD", "nnKDTrainerREACT", "react_kd", KD, CT),
-     Method("logit", "logit KD (Hinton)", "nnKDTrainerLogitKD", "kd_logit", KD, CT),
-     Method("fitnet", "FitNet", "nnKDTrainerFitNet", "kd_fitnet", KD, CT),
-     Method("at", "attention transfer", "nnKDTrainerAT", "kd_at", KD, CT),
-     Method("dkd", "DKD", "nnKDTrainerDKD", "kd_dkd", KD, CT)),
-    {"structure_function": "teacher", "dose_aware": "dose_teacher"},
-    full=Schedule(cases=48, test_cases=36, size=(16, 32, 32), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1),
-)
-UNPAIRED2D = Benchmark(
-    "unpaired2d", "Unpaired 2D polyp classification (PaGKD setting): white-light student, narrow-band teacher",
-    "unpaired2d", "classification", "2d", 940,
-    (Method("teacher", "teacher narrow-band", "nnKDTrainerCls", "pagkd_teacher", TEACHER, teacher_side=True),
-     Method("nokd", "student white-light, no KD", "nnKDTrainerClsBaseline", "pagkd_teacher", NOKD),
-     Method("pagkd", "PaGKD (GKD-Pro + GKD-Den)", "nnKDTrainerPaGKD", "pagkd", KD),
-     Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKD", "pagkd_pro_only", KD),
-     Method("den_only", "GKD-Den only", "nnKDTrainerPaGKD", "pagkd_den_only", KD),
-     Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKD", "pagkd_image_level", KD)),
-    {"nbi": "teacher"},
-    full=Schedule(cases=120, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
-)
-LESION2D = Benchmark(
-    "lesion2d", "Unpaired 2D lesion detection (CoMoTo setting): tomosynthesis-like student, mammography teacher",
-    "lesion2d", "detection", "2d", 950,
-    (Method("teacher", "ImPA teacher mammography", "nnKDTrainerImPA", "impa_teacher", TEACHER, teacher_side=True),
-     Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoTo", "comoto_nokd", NOKD),
-     Method("comoto", "CoMoTo (LsKD)", "nnKDTrainerCoMoTo", "comoto", KD),
-     Method("image_kd", "image-level KD", "nnKDTrainerCoMoTo", "comoto_image_kd", KD)),
-    {"mammography": "teacher"},
-    full=Schedule(cases=60, test_cases=40, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
-)
-BENCHMARKS = {b.key: b for b in (PAIRED3D, UNPAIRED2D, LESION2D)}
 DEFAULT_SEEDS = (0, 1, 2)
 QUICK_SEEDS = (0,)
 
@@ -357,7 +264,9 @@ class QualityRun:
 
     def __init__(self, out: str, seeds: Sequence[int], quick: bool = False, overrides: Optional[Dict[str, Any]] = None,
                  n_bootstrap: int = 1000, verbose: bool = True, workspace: Optional[str] = None,
-                 schedules: Optional[Dict[str, Schedule]] = None, jobs: int = 1):
+                 schedules: Optional[Dict[str, Schedule]] = None, jobs: int = 1, shared_results: bool = False):
+        """``shared_results``: model folders go to the workspace's ``nnUNet_results`` (where ``nnkd env --workspace``
+        points) instead of one ``nnUNet_results`` per run; needs one seed and one trainer per model (the demo)."""
         from nnkd.pipeline import Workspace
 
         self.out = os.path.abspath(out)
@@ -367,7 +276,10 @@ class QualityRun:
         self.schedules = dict(schedules or {})
         self.n_bootstrap = n_bootstrap
         self.jobs = max(1, int(jobs))
-        self.ws = Workspace(workspace or os.path.join(self.out, "workspace"), verbose=verbose, progress=self.jobs == 1)
+        self.shared_results = shared_results
+        if shared_results and len(self.seeds) != 1:
+            raise NNKDError(f"one nnUNet_results folder for every model needs one seed, got {self.seeds}")
+        self.ws = Workspace(workspace or os.path.join(self.out, "workspace"), verbose=verbose, tag_lines=self.jobs > 1)
         self.log = print if verbose else (lambda *a, **k: None)
 
     def schedule(self, bench: Benchmark) -> Schedule:
@@ -440,9 +352,10 @@ class QualityRun:
         run_dir = ws.path("runs", bench.key, f"seed{seed}", m.key)
         train_id = ids["teacher"] if m.teacher_side else ids["student"]
         test_id = ids["test_teacher"] if m.teacher_side else ids["test_student"]
-        results = os.path.join(run_dir, "nnUNet_results")
+        results = None if self.shared_results else os.path.join(run_dir, "nnUNet_results")
         folder = model_folder(ws, train_id, m.trainer, bench.config, results)
         record_path = os.path.join(run_dir, "run.json")
+        label = f"{bench.key} seed {seed}: {m.label}"
         record = json.load(open(record_path)) if os.path.isfile(record_path) and is_trained(folder) else {}
         t0 = time.time()
         if not is_trained(folder):
@@ -453,25 +366,27 @@ class QualityRun:
                 elif os.path.exists(path):
                     os.remove(path)
             plan = method_plan(bench, m, seed, s, teacher_folders, ids["teacher"])
-            train(ws, train_id, bench.config, m.trainer, plan, f"{bench.key} seed {seed}: {m.label}", results,
-                  log=os.path.join(run_dir, "train.log"))
+            train(ws, train_id, bench.config, m.trainer, plan, label, results, log=os.path.join(run_dir, "train.log"))
             record = {"train_seconds": round(time.time() - t0, 1)}
         test_raw = ws.dataset_folder("nnUNet_raw", test_id)
         images = self.test_images(bench, m, ids)
         pred_dir, report_dir = os.path.join(run_dir, "predictions"), os.path.join(run_dir, "report")
-        logs = {"log": os.path.join(run_dir, "predict.log")}
+        logs = {"log": os.path.join(run_dir, "predict.log"), "label": label}
         if bench.task == "classification":
             pred = predict_classes(ws, images, pred_dir, folder, **logs)
-            metrics = evaluate_classes(ws, pred, str(test_id), report_dir, log=os.path.join(run_dir, "evaluate.log"))
+            metrics = evaluate_classes(ws, pred, str(test_id), report_dir, log=os.path.join(run_dir, "evaluate.log"),
+                                       label=label)
             value = metrics["auc"]["value"]
             extra = {"ci95": metrics["auc"]["ci95"], "accuracy": metrics.get("accuracy")}
         else:
             pred = predict_detections(ws, images, pred_dir, folder, **logs)
             froc = evaluate_detections(ws, pred, os.path.join(test_raw, "labelsTr"), report_dir,
-                                       log=os.path.join(run_dir, "evaluate.log"))
+                                       log=os.path.join(run_dir, "evaluate.log"), label=label)
             value = froc["mean_sensitivity"]
             extra = {"ci95": froc["mean_sensitivity_ci95"], "sensitivity_at_2fp": froc["sensitivity_at_2fp"]}
         record.update(value=value, model_folder=folder, predictions=pred, report=report_dir, test_dataset=test_id,
+                      test_images=images, logs={"train": os.path.join(run_dir, "train.log"), "predict": logs["log"],
+                                                "evaluate": os.path.join(run_dir, "evaluate.log")},
                       **extra)
         write_json(record_path, record)
         self.log(f"[{bench.key}] seed {seed}: {m.label}: {bench.metric} {_num(value)} "
@@ -489,7 +404,8 @@ class QualityRun:
                                                                        os.path.getmtime(nokd["predictions"]))
         if bench.task == "classification":
             result = compare_classes(self.ws, rec["predictions"], nokd["predictions"], str(rec["test_dataset"]), out,
-                                     [m.key, "nokd"], redo=redo, log=os.path.join(run_dir, "compare.log"))
+                                     [m.key, "nokd"], redo=redo, log=os.path.join(run_dir, "compare.log"),
+                                     label=f"{bench.key} seed {seed}: {m.label}")
         else:
             if redo:
                 gt = os.path.join(self.ws.dataset_folder("nnUNet_raw", rec["test_dataset"]), "labelsTr")
@@ -509,6 +425,14 @@ class QualityRun:
 
     # ------------------------------------------------------------------ one benchmark
     def run_benchmark(self, bench: Benchmark, methods: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
+        chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
+        if self.shared_results:  # nnU-Net names a model folder by dataset, trainer and configuration only
+            slots = [(m.teacher_side, m.trainer) for m in chosen]
+            twice = sorted({t for side, t in slots if slots.count((side, t)) > 1})
+            if twice:
+                raise NNKDError(f"[{bench.key}] one nnUNet_results folder cannot hold two models of trainer(s) "
+                                f"{', '.join(twice)}; leave shared_results off")
         why = self.available(bench)
         if why:
             self.log(f"[{bench.key}] skipped: {why}")
@@ -518,8 +442,6 @@ class QualityRun:
         t0 = time.time()
         self.log(f"[{bench.key}] data: {s.cases} training / {s.test_cases} test cases of {'x'.join(map(str, s.size))}")
         ids = self.data(bench, s)
-        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
-        chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
         for m in chosen:
             self.test_images(bench, m, ids)
         teachers = [(seed, m) for seed in self.seeds for m in chosen if m.role in (TEACHER, AUX_TEACHER)]
