@@ -18,13 +18,13 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from nnkd.commands.info import ext_trainer_value, workspace_env
+from nnkd.environment import ext_trainer_value, workspace_env
 from nnkd.errors import NNKDError
 from nnkd.io import write_json
+from nnkd.plan import PLANS_DIR
 from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
 PROGRESS_TAGS = ("Epoch ", "cls: train_loss", "Mean Validation Dice", "classification on")
-PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
 
 
 class Workspace:

@@ -40,7 +40,7 @@ class Method:
     key: str  # short id: folder names and tables
     label: str
     trainer: str
-    plan: str  # a file of the repository's plans/ folder
+    plan: str  # a plan shipped with the package (nnkd/plans/), named for trainer
     role: str  # TEACHER, AUX_TEACHER, NOKD or KD
     channels: Optional[Tuple[int, ...]] = None  # test-image channels it deploys with (None = all)
     teacher_side: bool = False  # trained and tested on the teacher modality's datasets (unpaired teachers)
@@ -105,9 +105,9 @@ UNPAIRED2D = Benchmark(
     (Method("teacher", "teacher narrow-band", "nnKDTrainerCls", "pagkd_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student white-light, no KD", "nnKDTrainerClsBaseline", "pagkd_teacher", NOKD),
      Method("pagkd", "PaGKD (GKD-Pro + GKD-Den)", "nnKDTrainerPaGKD", "pagkd", KD),
-     Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKD", "pagkd_pro_only", KD),
-     Method("den_only", "GKD-Den only", "nnKDTrainerPaGKD", "pagkd_den_only", KD),
-     Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKD", "pagkd_image_level", KD)),
+     Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKDProOnly", "pagkd_pro_only", KD),
+     Method("den_only", "GKD-Den only", "nnKDTrainerPaGKDDenOnly", "pagkd_den_only", KD),
+     Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKDImageLevel", "pagkd_image_level", KD)),
     {"nbi": "teacher"},
     full=Schedule(cases=120, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
@@ -116,9 +116,9 @@ LESION2D = Benchmark(
     "lesion2d", "Unpaired 2D lesion detection (CoMoTo setting): tomosynthesis-like student, mammography teacher",
     "lesion2d", "detection", "2d", 950,
     (Method("teacher", "ImPA teacher mammography", "nnKDTrainerImPA", "impa_teacher", TEACHER, teacher_side=True),
-     Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoTo", "comoto_nokd", NOKD),
+     Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoToNoKD", "comoto_nokd", NOKD),
      Method("comoto", "CoMoTo (LsKD)", "nnKDTrainerCoMoTo", "comoto", KD),
-     Method("image_kd", "image-level KD", "nnKDTrainerCoMoTo", "comoto_image_kd", KD)),
+     Method("image_kd", "image-level KD", "nnKDTrainerCoMoToImageKD", "comoto_image_kd", KD)),
     {"mammography": "teacher"},
     full=Schedule(cases=60, test_cases=40, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
@@ -325,10 +325,12 @@ def plot(report: Dict[str, Any], path: str) -> None:
 # ------------------------------------------------------------------------------------------- running
 def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teacher_folders: Dict[str, str],
                 teacher_dataset: int) -> Dict[str, Any]:
-    """The plan file of ``m`` with this run's name, seed, schedule and teacher model folders."""
+    """The plan file of ``m`` over its trainer's defaults, with this run's name, seed, schedule and teacher folders."""
+    from nnkd.hooks import lookup
     from nnkd.pipeline import load_plan_file
+    from nnkd.plan import merge_over
 
-    plan = load_plan_file(m.plan)
+    plan = merge_over(lookup("trainers", m.trainer).plan_defaults, load_plan_file(m.plan))
     plan["name"] = f"{bench.key}_{m.key}_seed{seed}"
     plan["seed"] = seed
     plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
@@ -337,7 +339,7 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     for t in plan.get("teachers", []):
         key = bench.teachers.get(t.get("name"))
         if key is None:
-            raise NNKDError(f"plans/{m.plan}.json: teacher {t.get('name')!r} is not one this benchmark trains "
+            raise NNKDError(f"plan {m.plan}: teacher {t.get('name')!r} is not one this benchmark trains "
                             f"({', '.join(bench.teachers)})")
         t = dict(t, model_folder=teacher_folders[key], fold=0, checkpoint="checkpoint_final.pth")
         if not t.get("paired", True):
@@ -401,7 +403,7 @@ class QualityRun:
         if missing:
             why.append(f"trainer(s) {', '.join(missing)} not registered")
         if plans:
-            why.append(f"plan file(s) {', '.join(f'plans/{p}.json' for p in plans)} missing")
+            why.append(f"plan file(s) {', '.join(f'nnkd/plans/{p}.json' for p in plans)} missing")
         return "; ".join(why) or None
 
     # ------------------------------------------------------------------ data
@@ -549,7 +551,7 @@ class QualityRun:
             notes.append("The teacher is evaluated on the teacher modality's test set, the students on the student "
                          "modality's (same generator seed, unpaired cases).")
         if bench.key == "unpaired2d":
-            notes.append("The no-KD student is nnKDTrainerClsBaseline with the teacher's plan (plans/pagkd_teacher.json) "
+            notes.append("The no-KD student is nnKDTrainerClsBaseline with the teacher's plan (pagkd_teacher) "
                          "on the student dataset.")
         return {"schedule": asdict(s), "datasets": ids, "stats": stats, "comparisons": comparisons,
                 "runs": records, "minutes": round((time.time() - t0) / 60, 1), "notes": notes}

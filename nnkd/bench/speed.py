@@ -201,7 +201,7 @@ class Bench:
     """Workspace preparation (synthetic data, preprocessing, teacher folders) and one worker per case."""
 
     def __init__(self, workspace: str, device: str, quick: bool, iters: int, warmup: int, threads: Optional[int]):
-        from nnkd.commands.info import ext_trainer_value, workspace_env
+        from nnkd.environment import ext_trainer_value, workspace_env
 
         self.root, self.device, self.quick = workspace, device, quick
         self.iters, self.warmup, self.threads = iters, warmup, threads

@@ -20,7 +20,8 @@ import nnkd
 from nnkd.data.wait import TimedLoader
 from nnkd.errors import NNKDError
 from nnkd.io import torch_save, write_json
-from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_channels, resolve_plan
+from nnkd.channels import resolve_channels
+from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_plan
 from nnkd.trainers.channels import channel_subset_dataset_class, subset_dataset_json, subset_plans
 from nnkd.trainers.progress import DATA_WAIT_KEY, NNKDLocalLogger
 
@@ -30,6 +31,8 @@ class nnKDTrainer(nnUNetTrainer):
 
     #: plan fields a subclass sets when no plan file is given (merged over nnkd.plan.DEFAULTS)
     plan_defaults: Dict[str, Any] = {}
+    #: whether this trainer reads the plan's teachers and distillation losses
+    distils: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -38,6 +41,7 @@ class nnKDTrainer(nnUNetTrainer):
         self.kd_plan, self.kd_plan_source = resolve_plan(
             self.output_folder, self.preprocessed_dataset_folder_base, self.plan_defaults, continuing)
         check_registered_names(self.kd_plan, self.kd_plan_source)
+        self.check_plan_fits()
         self.print_to_log_file(f"nnkd {nnkd.__version__}: distillation plan '{self.kd_plan['name']}' "
                                f"from {self.kd_plan_source}")
         self._apply_schedule(self.kd_plan["schedule"])
@@ -60,6 +64,28 @@ class nnKDTrainer(nnUNetTrainer):
         self.logger.local_logger = local
 
     # ----------------------------------------------------------------- configuration hooks
+    def check_plan_fits(self) -> None:
+        """Refuse, before training, a plan this trainer cannot honour, listing every problem."""
+        problems = self.plan_problems()
+        if problems:
+            raise NNKDError(f"{self.kd_plan_source}: plan '{self.kd_plan['name']}' does not fit trainer "
+                            f"{type(self).__name__} (nothing was trained):\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def plan_problems(self) -> List[str]:
+        """What of the plan this trainer cannot honour; all of it is refused at once, before training."""
+        plan, name = self.kd_plan, type(self).__name__
+        problems = []
+        if plan["trainers"] and name not in plan["trainers"]:
+            problems.append(f"field 'trainers': the plan is for {', '.join(plan['trainers'])}, not for {name}")
+        if not self.distils:
+            ignored = [f for f in ("teachers", "losses") if plan[f]]
+            if ignored:
+                problems.append(f"field(s) {', '.join(repr(f) for f in ignored)}: {name} does not distil and would "
+                                f"ignore them; use a distillation trainer (`nnkd trainers` lists them)")
+            if plan["student"]["init_from_teacher"] is not False:
+                problems.append(f"field 'student.init_from_teacher': {name} has no teacher to start from")
+        return problems
+
     def plans_nnkd_entry(self) -> Dict[str, Any]:
         """What nnU-Net's static network builder needs beyond its plans (travels in plans.json)."""
         return {"version": nnkd.__version__, "plan_name": self.kd_plan["name"],
