@@ -22,6 +22,7 @@ from nnkd.errors import NNKDError
 from nnkd.io import torch_save, write_json
 from nnkd.channels import resolve_channels
 from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_plan
+from nnkd.sharing import scrub_debug_json, shareable_dataset_json
 from nnkd.trainers.channels import channel_subset_dataset_class, subset_dataset_json, subset_plans
 from nnkd.trainers.progress import DATA_WAIT_KEY, NNKDLocalLogger
 
@@ -48,14 +49,17 @@ class nnKDTrainer(nnUNetTrainer):
         if self.kd_plan["seed"] is not None:
             self._seed(self.kd_plan["seed"])
 
+        # With the case labels: read during training, never written to the results folder or a checkpoint.
         self.full_dataset_json = dataset_json
         self.input_channels: List[int] = resolve_channels(
             self.kd_plan["student"]["channels"], dataset_json["channel_names"], "student.channels")
         self.uses_channel_subset = self.input_channels != list(range(len(dataset_json["channel_names"])))
+        self.dataset_json = shareable_dataset_json(dataset_json)  # what nnU-Net copies into the results folder
         if self.uses_channel_subset:
-            self.dataset_json = subset_dataset_json(dataset_json, self.input_channels)
+            self.dataset_json = subset_dataset_json(self.dataset_json, self.input_channels)
             self.print_to_log_file(f"student channels: {self.dataset_json['channel_names']} "
                                    f"(dataset channels {self.input_channels})")
+        self.my_init_kwargs["dataset_json"] = self.dataset_json  # every checkpoint carries init_args
         self.plans_manager.plans["nnkd"] = self.plans_nnkd_entry()
 
         local = NNKDLocalLogger(self.logger.local_logger.verbose)
@@ -182,6 +186,19 @@ class nnKDTrainer(nnUNetTrainer):
                 write_json(os.path.join(self.output_folder_base, "plans.json"),
                            subset_plans(self.plans_manager.plans, self.input_channels))
                 write_json(os.path.join(self.output_folder_base, "dataset.json"), self.dataset_json)
+
+    def _save_debug_information(self):
+        # nnU-Net writes str() of every attribute to fold_k/debug.json, which its model export ships
+        super()._save_debug_information()
+        if self.local_rank == 0:
+            removed = scrub_debug_json(os.path.join(self.output_folder, "debug.json"), self.private_case_ids())
+            if removed:
+                self.print_to_log_file(f"debug.json: left out {', '.join(removed)} (they name training cases)")
+
+    def private_case_ids(self) -> List[str]:
+        """Case ids that must not reach a shared model folder (those with a case label)."""
+        entry = self.full_dataset_json.get("nnkd")
+        return list(entry.get("case_labels") or {}) if isinstance(entry, dict) else []
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

@@ -63,6 +63,9 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
         finally:
             nnunet_trainer_module.nnUNetDataLoader = original
 
+    def private_case_ids(self) -> List[str]:
+        return super().private_case_ids() + [k for td in self.teacher_data for k in td.sampler.case_to_class]
+
     def make_batch(self, batch: dict) -> Dict[str, Any]:
         b = super().make_batch(batch)
         if "teacher_data" not in batch:  # validation batches: the student's data only
