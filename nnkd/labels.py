@@ -3,7 +3,7 @@
     "nnkd": {"class_names": ["G1", "G2", "G3"], "case_labels": {"case_000": "G1", "case_001": "G3"}}
 
 nnU-Net ignores unknown keys, so the labels travel with dataset.json from nnUNet_raw into
-nnUNet_preprocessed and the results folders. ``class_names`` fixes the class indices (its order);
+nnUNet_preprocessed; a trained model's results folder keeps ``class_names`` only (:mod:`nnkd.sharing`). ``class_names`` fixes the class indices (its order);
 ``case_labels`` maps every training case to one of them.
 
 Label files are CSVs with a header naming the columns ``case_id`` and ``label`` (exactly these
