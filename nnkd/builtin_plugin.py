@@ -1,4 +1,8 @@
-"""nnkd's own losses, trainers, teacher loaders and transforms, registered like any plugin."""
+"""nnkd's own losses, trainers, teacher loaders and transforms, registered like any plugin.
+
+Each kind has one :class:`nnkd.name_table.NameTable` (``BUILTIN_<KIND>``), filled when its package is
+imported; the hooks hand out copies of them.
+"""
 from nnkd.hooks import hookimpl
 
 
@@ -13,7 +17,7 @@ def nnkd_register_losses():
 def nnkd_register_trainers():
     from nnkd.trainers import BUILTIN_TRAINERS
 
-    return {cls.__name__: cls for cls in BUILTIN_TRAINERS}
+    return dict(BUILTIN_TRAINERS)
 
 
 @hookimpl
@@ -25,8 +29,6 @@ def nnkd_register_teacher_loaders():
 
 @hookimpl
 def nnkd_register_transforms():
-    import nnkd.transforms.modality_dropout  # noqa: F401  (registration)
-    import nnkd.transforms.dose  # noqa: F401
-    from nnkd.transforms.registry import BUILTIN_TRANSFORMS
+    from nnkd.transforms import BUILTIN_TRANSFORMS
 
     return dict(BUILTIN_TRANSFORMS)

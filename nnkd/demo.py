@@ -4,7 +4,7 @@ Synthetic dataset -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train a multi-moda
 (nnKDTrainerCls, modality dropout), a dose-aware CT teacher (nnKDTrainerDoseTeacher), a CT-only
 student without distillation (nnKDTrainerClsBaseline), a REACT-KD student (nnKDTrainerREACT) and
 the four baselines REACT-KD is compared with (logit KD, FitNet, AT, DKD), each with its plan file
-from plans/ -> nnkd predict on an external synthetic test set (CT-only models see CT files only)
+shipped with the package (nnkd/plans/) -> nnkd predict on an external synthetic test set (CT-only models see CT files only)
 -> nnkd evaluate / compare -> two tables: every model's test AUC, and what each distillation method
 buys over the student without it. This is ``nnkd bench quality``'s paired3d benchmark with one seed
 and a shorter schedule (:mod:`nnkd.bench.quality`). Steps already done in the workspace are

@@ -1,8 +1,10 @@
 """Plugin system: pluggy hook specifications and the process-wide plugin manager.
 
 Built-in losses, trainers, teacher loaders and transforms are registered through
-:mod:`nnkd.builtin_plugin`, exactly like a third-party plugin. External plugins are found
-through the ``nnkd`` entry-point group::
+:mod:`nnkd.builtin_plugin`, exactly like a third-party plugin: this module names it in
+:data:`BUILTIN_PLUGINS` and imports it when the manager is built, so the plugin modules depend on
+this one and never the other way round. External plugins are found through the ``nnkd``
+entry-point group::
 
     [project.entry-points.nnkd]
     my_plugin = "my_package.nnkd_plugin"
@@ -13,12 +15,15 @@ across plugins.
 from __future__ import annotations
 
 import functools
+import importlib
 from typing import Any, Callable, Dict, List, Tuple
 
 import pluggy
 
 PROJECT = "nnkd"
 ENTRY_POINT_GROUP = "nnkd"
+#: plugin name -> module, registered before the entry-point plugins
+BUILTIN_PLUGINS = {"nnkd.builtin": "nnkd.builtin_plugin"}
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -79,19 +84,12 @@ def get_plugin_manager() -> pluggy.PluginManager:
     """The process-wide plugin manager: built-ins plus entry-point plugins, validated."""
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(NNKDSpec)
-    from nnkd import builtin_plugin
-
-    pm.register(builtin_plugin, name="nnkd.builtin")
+    for name, module in BUILTIN_PLUGINS.items():
+        pm.register(importlib.import_module(module), name=name)
     pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     # A misspelled hook implementation (nnkd_register_loss, ...) fails here, at start-up.
     pm.check_pending()
     return pm
-
-
-def reset_plugin_manager() -> None:
-    """Forget the cached manager and registries (tests; after installing a plugin)."""
-    get_plugin_manager.cache_clear()
-    registry.cache_clear()
 
 
 @functools.lru_cache(maxsize=None)
@@ -108,8 +106,21 @@ def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
             if name in out:
                 raise ValueError(
                     f"{SINGULAR[kind]} {name!r} is registered twice: by {out[name][1]} and by {impl.plugin_name}")
+            if kind == "trainers":
+                _check_trainer(name, obj, impl.plugin_name)
             out[name] = (obj, impl.plugin_name)
     return out
+
+
+def _check_trainer(name: str, obj: Any, plugin: str) -> None:
+    """The trainer contract of :meth:`NNKDSpec.nnkd_register_trainers`, checked at registration."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    if not (isinstance(obj, type) and issubclass(obj, nnUNetTrainer)):
+        raise ValueError(f"trainer {name!r} registered by {plugin} is not a subclass of nnU-Net's nnUNetTrainer: {obj!r}")
+    if obj.__name__ != name:
+        raise ValueError(f"trainer {name!r} registered by {plugin} is the class {obj.__name__}: the name must equal "
+                         f"the class name (what nnUNetv2_train -tr looks up)")
 
 
 def lookup(kind: str, name: str) -> Callable[..., Any]:

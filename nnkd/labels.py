@@ -3,7 +3,7 @@
     "nnkd": {"class_names": ["G1", "G2", "G3"], "case_labels": {"case_000": "G1", "case_001": "G3"}}
 
 nnU-Net ignores unknown keys, so the labels travel with dataset.json from nnUNet_raw into
-nnUNet_preprocessed and the results folders. ``class_names`` fixes the class indices (its order);
+nnUNet_preprocessed; a trained model's results folder keeps ``class_names`` only (:mod:`nnkd.sharing`). ``class_names`` fixes the class indices (its order);
 ``case_labels`` maps every training case to one of them.
 
 Label files are CSVs with a header naming the columns ``case_id`` and ``label`` (exactly these
@@ -20,6 +20,8 @@ import shutil
 from collections import Counter
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from nnkd.dataset_folders import PREPROCESSED, RAW, dataset_folder, root, training_case_ids
+from nnkd.dataset_folders import dataset_name as find_dataset
 from nnkd.errors import NNKDError
 from nnkd.io import atomic_path
 
@@ -47,46 +49,16 @@ def natural_key(text: str) -> tuple:
 
 
 # ---------------------------------------------------------------------------------------------
-# Locating datasets
-
-
-def resolve_dataset(dataset: str | int) -> str:
-    """Dataset id ("5", 5) or name ("Dataset005_Liver") -> "DatasetXXX_Name" (nnU-Net's lookup)."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    key = dataset.strip() if isinstance(dataset, str) else dataset
-    try:
-        return str(maybe_convert_to_dataset_name(key))
-    except ValueError:
-        raise NNKDError(f"dataset {dataset!r} is neither a dataset id (e.g. 5) nor a name starting with "
-                        f"'Dataset' (e.g. Dataset005_Liver)") from None
-    except RuntimeError as e:  # none or several datasets with this id
-        raise NNKDError(f"dataset {dataset!r}: {e}") from None
-
-
-def _root(env_var: str, required: bool) -> str | None:
-    value = os.environ.get(env_var)
-    if value is None and required:
-        raise NNKDError(f"{env_var} is not set: export {env_var}=/path/to/{env_var} (see nnU-Net's "
-                        f"documentation/setting_up_paths.md)")
-    return value
-
-
-def raw_dataset_folder(dataset_name: str) -> str:
-    """``$nnUNet_raw/<dataset_name>``; NNKDError when the variable is unset or the folder is missing."""
-    folder = os.path.join(_root("nnUNet_raw", True), dataset_name)
-    if not os.path.isdir(folder):
-        raise NNKDError(f"raw dataset folder not found: {folder}")
-    return folder
+# The dataset.json files that carry the labels (datasets are found by nnkd.dataset_folders)
 
 
 def dataset_json_paths(dataset_name: str) -> list[str]:
     """The dataset.json files that carry the labels: the raw one (must exist), then the
     preprocessed one when it exists."""
-    paths = [os.path.join(raw_dataset_folder(dataset_name), "dataset.json")]
+    paths = [os.path.join(dataset_folder(dataset_name, RAW), "dataset.json")]
     if not os.path.isfile(paths[0]):
         raise NNKDError(f"no dataset.json in {os.path.dirname(paths[0])}")
-    pre_root = _root("nnUNet_preprocessed", False)
+    pre_root = root(PREPROCESSED, False)
     if pre_root is not None and os.path.isfile(os.path.join(pre_root, dataset_name, "dataset.json")):
         paths.append(os.path.join(pre_root, dataset_name, "dataset.json"))
     return paths
@@ -99,18 +71,6 @@ def load_json(path: str) -> dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise NNKDError(f"cannot read {path}: {e}") from None
-
-
-def training_case_ids(raw_dataset_folder: str) -> list[str]:
-    """Training case ids of a raw dataset (imagesTr, or the dataset.json ``dataset`` key), sorted."""
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-
-    dataset_json = load_json(os.path.join(raw_dataset_folder, "dataset.json"))
-    try:
-        cases = get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json)
-    except (OSError, KeyError) as e:
-        raise NNKDError(f"cannot list the training cases of {raw_dataset_folder}: {e!r}") from None
-    return sorted(str(c) for c in cases)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,7 +214,7 @@ def import_labels(dataset: str, csv_path: str, class_names: list[str] | None = N
     order ("G2" before "G10"). Every training case needs exactly one label. Everything is
     validated before anything is written; a refused import leaves every file untouched.
     """
-    name = resolve_dataset(dataset)
+    name = find_dataset(dataset)
     paths = dataset_json_paths(name)
     rows = read_label_csv(csv_path)
     names, labels = validate_labels(rows, training_case_ids(os.path.dirname(paths[0])), class_names,
@@ -301,9 +261,9 @@ def read_labels_source(spec: str) -> tuple[list[str], dict[str, str]]:
     if os.path.isfile(spec) or spec.lower().endswith(".csv"):
         rows = read_label_csv(spec)
         return sorted({r.label for r in rows}, key=natural_key), {r.case_id: r.label for r in rows}
-    name = resolve_dataset(spec)
-    candidates = [os.path.join(root, name, "dataset.json")
-                  for root in (_root("nnUNet_raw", False), _root("nnUNet_preprocessed", False)) if root]
+    name = find_dataset(spec)
+    candidates = [os.path.join(folder, name, "dataset.json") for folder in (root(RAW, False), root(PREPROCESSED, False))
+                  if folder]
     for path in candidates:
         if os.path.isfile(path):
             doc = load_json(path)

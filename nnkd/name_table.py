@@ -5,7 +5,7 @@ from typing import Callable, Dict
 
 
 class NameTable(Dict[str, Callable]):
-    """``table.register("name")`` decorates a class into the table; a name registered twice fails."""
+    """``table.register("name")`` decorates a class (or function) into the table; a name registered twice fails."""
 
     def __init__(self, kind: str):
         super().__init__()

@@ -21,12 +21,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from nnkd.commands.info import ext_trainer_value, workspace_env
+from nnkd.environment import ext_trainer_value, workspace_env
 from nnkd.errors import NNKDError
 from nnkd.io import write_json
+from nnkd.plan import read_plan_file
 from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS
 
-PLANS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "plans")
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)?:( |$)")  # nnU-Net's print_to_log_file prefix
 
 
@@ -178,12 +178,8 @@ def plan_and_preprocess(ws: Workspace, dataset_ids: Sequence[int], config: str) 
 
 
 def load_plan_file(name: str) -> Dict[str, Any]:
-    """A plan of the repository's ``plans/`` folder (``name`` with or without ``.json``), or any path."""
-    path = name if os.path.isfile(name) else os.path.join(PLANS_DIR, name if name.endswith(".json") else name + ".json")
-    if not os.path.isfile(path):
-        raise NNKDError(f"distillation plan not found: {name} (looked in {PLANS_DIR})")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    """A shipped plan (``name`` with or without ``.json``) or any plan file, unvalidated."""
+    return read_plan_file(name)
 
 
 def with_overrides(plan: Dict[str, Any], **fields) -> Dict[str, Any]:

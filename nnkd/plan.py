@@ -1,32 +1,39 @@
 """Distillation plans: one JSON file per experiment, validated with errors naming the field.
 
-The format is documented in ``plans/README.md``. A trainer finds its plan (first match):
+The format is documented in ``nnkd/plans/README.md``, next to the plans shipped with the package
+(``nnkd plans`` lists them). A trainer finds its plan (first match):
 
 1. ``<fold folder>/nnkd_plan.json`` when continuing (``--c``), validating (``--val``) or
    when ``NNKD_PLAN`` is unset: the effective plan of the earlier run of this fold;
-2. the file named by the environment variable ``NNKD_PLAN``;
+2. the file named by the environment variable ``NNKD_PLAN``, or the shipped plan of that name
+   (``NNKD_PLAN=react_kd``);
 3. ``nnkd_plan.json`` in the dataset's ``nnUNet_preprocessed`` folder;
 4. no file: the trainer's class-level ``plan_defaults`` over the defaults below.
 
 A plan file's fields override the trainer's ``plan_defaults`` (which fill in what the file leaves
 out): objects (``student``, ``classification``, ...) key by key, everything else (``losses``,
-``teachers``, ...) as a whole; ``DEFAULTS`` fill in the rest.
+``teachers``, ...) as a whole; ``DEFAULTS`` fill in the rest. The trainer's ``plan_defaults`` are
+its method (task and distillation losses); a shipped plan holds the experiment (data, teachers,
+seed) and only what deliberately differs from its trainer's defaults. ``trainers`` names the
+trainer(s) a plan is for; another trainer refuses it before training.
 """
 from __future__ import annotations
 
 import copy
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 from nnkd.errors import NNKDError
 
 PLAN_ENV = "NNKD_PLAN"
 PLAN_FILENAME = "nnkd_plan.json"
+PLANS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "plans")  # shipped plans (package data)
 
 DEFAULTS: Dict[str, Any] = {
     "name": "default",
     "description": "",
+    "trainers": [],  # the trainer class names this plan is for; empty: any
     "seed": None,
     "student": {"channels": None, "train_fraction": 1.0, "init_from_teacher": False},
     # head: average + max of every encoder stage, standardised, trained at 0.1 x the rate (nnkd/nets/head.py)
@@ -102,6 +109,11 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
     plan = _merge(DEFAULTS, raw)
     _typed(plan["name"], str, "name", source)
     _typed(plan["description"], str, "description", source)
+    _typed(plan["trainers"], list, "trainers", source)
+    for i, t in enumerate(plan["trainers"]):
+        _typed(t, str, f"trainers[{i}]", source)
+    if len(set(plan["trainers"])) != len(plan["trainers"]):
+        _fail("trainers", f"trainers listed twice: {plan['trainers']}", source)
     _typed(plan["seed"], int, "seed", source, allow_none=True)
 
     _check_keys(plan["student"], DEFAULTS["student"], "student", source)
@@ -213,6 +225,8 @@ def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
             _fail(field, f"unknown {SINGULAR[kind]} {name!r}; known: "
                          f"{', '.join(sorted(known)) or '(none)'}", source)
 
+    for i, t in enumerate(plan["trainers"]):
+        check("trainers", t, f"trainers[{i}]")
     check("losses", plan["classification"]["loss"], "classification.loss")
     for i, loss in enumerate(plan["losses"]):
         check("losses", loss["name"], f"losses[{i}].name")
@@ -222,10 +236,38 @@ def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
         check("teacher_loaders", t["loader"], f"teachers[{i}].loader")
 
 
-def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Read and validate a plan file over ``defaults`` (objects merged key by key, lists replaced)."""
-    if not os.path.isfile(path):
-        raise NNKDError(f"distillation plan not found: {path}")
+def shipped_plans() -> Dict[str, str]:
+    """``{name: path}`` of the plans shipped with the package, sorted by name."""
+    return {f[:-5]: os.path.join(PLANS_DIR, f) for f in sorted(os.listdir(PLANS_DIR)) if f.endswith(".json")}
+
+
+def plan_path(value: str) -> str:
+    """A plan file path, or the name of a shipped plan (``react_kd`` or ``react_kd.json``) -> its path.
+
+    An existing file wins over a shipped plan of the same name."""
+    if os.path.isfile(value):
+        return value
+    shipped = shipped_plans()
+    name = value[:-5] if value.endswith(".json") else value
+    if "/" not in value and os.sep not in value and name in shipped:
+        return shipped[name]
+    raise NNKDError(f"distillation plan not found: {value} is neither a file nor the name of a shipped plan "
+                    f"({', '.join(shipped)}; `nnkd plans` describes them)")
+
+
+def merge_over(defaults: Optional[Dict[str, Any]], raw: Dict[str, Any]) -> Dict[str, Any]:
+    """``raw`` over ``defaults``: objects merged key by key, everything else (lists, values) replaced."""
+    merged = copy.deepcopy(defaults or {})
+    for key, value in raw.items():
+        base = merged.get(key)
+        merged[key] = dict(base, **value) if isinstance(base, dict) and isinstance(value, dict) \
+            else copy.deepcopy(value)
+    return merged
+
+
+def read_plan_file(path: str) -> Dict[str, Any]:
+    """A plan file's JSON object (not validated); ``path`` may name a shipped plan."""
+    path = plan_path(path)
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -233,17 +275,20 @@ def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str,
         raise NNKDError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(raw, dict):
         raise NNKDError(f"{path}: a plan must be a JSON object")
-    merged = copy.deepcopy(defaults or {})
-    for key, value in raw.items():
-        base = merged.get(key)
-        merged[key] = dict(base, **value) if isinstance(base, dict) and isinstance(value, dict) else value
-    return validate_plan(merged, source=path)
+    return raw
+
+
+def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Read and validate a plan file (or shipped plan name) over ``defaults`` (see :func:`merge_over`)."""
+    return validate_plan(merge_over(defaults, read_plan_file(path)), source=plan_path(path))
 
 
 def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
                  defaults: Optional[Dict[str, Any]], continuing: bool) -> tuple[Dict[str, Any], str]:
     """Find the plan for a trainer (order in the module docstring); returns (plan, source)."""
     env = os.environ.get(PLAN_ENV) or None
+    if env is not None:
+        env = plan_path(env)
     previous = os.path.join(fold_folder, PLAN_FILENAME) if fold_folder else None
     if previous and os.path.isfile(previous) and (continuing or env is None):
         plan = load_plan(previous)
@@ -261,32 +306,3 @@ def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
         if os.path.isfile(candidate):
             return load_plan(candidate, defaults), candidate
     return validate_plan(copy.deepcopy(defaults or {}), "built-in defaults"), "built-in defaults"
-
-
-def resolve_channels(spec: Optional[List[Any]], channel_names: Dict[str, str], field: str) -> List[int]:
-    """Channel names or indices -> sorted-as-given indices into the dataset's channels."""
-    n = len(channel_names)
-    if spec is None:
-        return list(range(n))
-    by_name = {v: int(k) for k, v in channel_names.items()}
-    out = []
-    for c in spec:
-        if isinstance(c, int):
-            if not 0 <= c < n:
-                raise NNKDError(f"{field}: channel {c} does not exist; the dataset has channels "
-                                f"{_describe(channel_names)}")
-            out.append(c)
-        elif c in by_name:
-            out.append(by_name[c])
-        else:
-            raise NNKDError(f"{field}: channel {c!r} does not exist; the dataset has channels "
-                            f"{_describe(channel_names)}")
-    if len(set(out)) != len(out):
-        raise NNKDError(f"{field}: channels listed twice: {spec}")
-    if not out:
-        raise NNKDError(f"{field}: empty channel list")
-    return out
-
-
-def _describe(channel_names: Dict[str, str]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from nnkd.channels import resolve_channels
 from nnkd.errors import NNKDError
-from nnkd.plan import resolve_channels
+from nnkd.name_table import NameTable
 
 
 def _allowlist() -> list:
@@ -107,7 +108,8 @@ def load_nnunet_teacher(spec: Dict[str, Any], device: torch.device) -> Tuple[nn.
                      "class_names": plans["nnkd"]["class_names"], "spatial_dims": len(cm.patch_size)}
 
 
-BUILTIN_TEACHER_LOADERS = {"nnunet": load_nnunet_teacher}
+BUILTIN_TEACHER_LOADERS = NameTable("teacher loader")
+BUILTIN_TEACHER_LOADERS.register("nnunet")(load_nnunet_teacher)
 
 
 def load_teachers(specs: List[Dict[str, Any]], student_channel_names: Dict[str, str], student_classes: List[str],

@@ -22,7 +22,7 @@ def run_cli(args, env=None, check=True, cwd=None):
 
 def workspace(root) -> dict:
     """nnU-Net folders under ``root`` (created) and the variables a child process needs, no plan set."""
-    from nnkd.commands.info import ext_trainer_value, workspace_env
+    from nnkd.environment import ext_trainer_value, workspace_env
 
     env = workspace_env(str(root))
     for v in env.values():
@@ -39,7 +39,7 @@ def nnkd_cli(*args, **kw):
 @pytest.fixture
 def nnunet_env(tmp_path, monkeypatch):
     """Fresh nnUNet_raw/_preprocessed/_results under tmp_path, exported for this process and children."""
-    from nnkd.commands.info import ext_trainer_value, workspace_env
+    from nnkd.environment import ext_trainer_value, workspace_env
 
     env = workspace_env(str(tmp_path / "ws"))
     for k, v in env.items():

@@ -44,7 +44,7 @@ def test_summarise_per_method():
     assert stats["teacher"]["gap_share"] is None and stats["nokd"]["gap_share"] is None  # only KD methods
     assert stats["fitnet"]["mean"] is None and stats["fitnet"]["n"] == 0 and stats["fitnet"]["gap_share"] is None
     assert stats["react"]["per_seed"] == {"0": 0.7, "1": 0.75, "2": 0.8}
-    assert stats["react"]["plan"] == "plans/react_kd.json" and stats["react"]["trainer"] == "nnKDTrainerREACT"
+    assert stats["react"]["plan"] == "react_kd" and stats["react"]["trainer"] == "nnKDTrainerREACT"
 
 
 def _compare_result(signal_a, signal_b, n=60, seed=0):

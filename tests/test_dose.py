@@ -244,7 +244,7 @@ def test_simulate_dose_refuses_existing_target_and_cleans_up_on_failure(raw_data
     (raw / "Dataset511_ToyDose5e2").rmdir()
     with pytest.raises(NNKDError, match="dataset id 501 is the source"):
         run_cli("501", "--dose", "1e4", "--id", "501", "--workers", "1")
-    with pytest.raises(NNKDError, match="source dataset '777'"):
+    with pytest.raises(NNKDError, match="source dataset: dataset '777': "):
         run_cli("777", "--dose", "1e4", "--id", "510", "--workers", "1")
     (src / "imagesTr" / "toy_002_0000.nii.gz").write_bytes(b"not an image")
     with pytest.raises(NNKDError, match="toy_002_0000.nii.gz: cannot read image"):
@@ -265,7 +265,7 @@ def test_simulate_dose_same_result_with_a_process_pool(raw_dataset):
 
 
 def test_dose_tag():
-    from nnkd.commands.simulate_dose import dose_tag, target_name
+    from nnkd.dose.dataset import dose_tag, target_name
 
     assert [dose_tag(d) for d in (1e6, 5e4, 1e4, 1e3, 5e2, 2.5e4)] == ["1e6", "5e4", "1e4", "1e3", "5e2", "2p5e4"]
     assert target_name("Dataset010_Liver", 12, 1e4, "line_integral") == "Dataset012_LiverDose1e4LineInt"

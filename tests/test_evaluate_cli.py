@@ -36,17 +36,12 @@ def data(tmp_path):
     return tmp_path, ids, y
 
 
-def _needs_labels_module():
-    pytest.importorskip("nnkd.labels", reason="nnkd.labels.read_labels_source (another worker) not there yet")
-
-
 def _cli(tmp_path, *args):
     return subprocess.run([sys.executable, "-m", "nnkd.cli", *args], cwd=tmp_path, capture_output=True, text=True,
                           timeout=120)
 
 
 def test_evaluate_end_to_end_subprocess(data):
-    _needs_labels_module()
     tmp_path, ids, y = data
     proc = _cli(tmp_path, "evaluate", "pred_full.csv", "--labels", "labels.csv", "-o", "report",
                 "--n-bootstrap", "200")
@@ -61,7 +56,6 @@ def test_evaluate_end_to_end_subprocess(data):
 
 
 def test_evaluate_missing_case_fails_without_report(data):
-    _needs_labels_module()
     tmp_path, ids, y = data
     lines = (tmp_path / "labels.csv").read_text().splitlines()
     (tmp_path / "labels.csv").write_text("\n".join([lines[0]] + lines[1:6] + lines[7:] + ["ghost_case,G1"]) + "\n")
@@ -76,7 +70,6 @@ def test_evaluate_missing_case_fails_without_report(data):
 
 
 def test_evaluate_levels(data, capsys):
-    _needs_labels_module()
     tmp_path, ids, y = data
     out = tmp_path / "levels"
     assert main(["evaluate", str(tmp_path / "pred_full.csv"), str(tmp_path / "pred_low.csv"), "--labels",
@@ -112,7 +105,6 @@ def test_evaluate_user_errors(data, capsys, argv_tail, message):
 
 
 def test_compare_writes_json_and_prints_table(data, capsys):
-    _needs_labels_module()
     tmp_path, _, _ = data
     out = tmp_path / "cmp.json"
     assert main(["compare", str(tmp_path / "pred_full.csv"), str(tmp_path / "pred_low.csv"), "--labels",
@@ -145,7 +137,6 @@ def test_detection_delegates_to_froc(data, monkeypatch, capsys):
 
 
 def test_class_order_comes_from_the_predictions(tmp_path):
-    _needs_labels_module()
     probs, y = _probs(3)
     binary = np.stack([probs[:, 0] + probs[:, 1], probs[:, 2]], 1)  # "hcc" = old G3, second column: positive
     ids = [f"c{i}" for i in range(N)]

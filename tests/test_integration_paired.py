@@ -253,3 +253,48 @@ def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_pat
     del resumed.case_to_class[unlabelled]
     with pytest.raises(NNKDError, match=f"1 training case\\(s\\) have no case label.*{unlabelled}"):
         resumed.get_tr_and_val_datasets()
+
+
+def test_exported_model_carries_class_names_but_no_case_labels(ws, student, tmp_path):
+    """nnUNetv2_export_model_to_zip of a trained nnkd model: no case id with its class reaches the zip."""
+    import io
+    import zipfile
+
+    labels = json.load(open(os.path.join(ws["env"]["nnUNet_raw"], ws["name"], "dataset.json")))["nnkd"]["case_labels"]
+    assert len(labels) == 10
+    out = tmp_path / "model.zip"
+    run_cli([tool("nnUNetv2_export_model_to_zip"), "-d", str(DS), "-o", str(out), "-c", "3d_fullres",
+             "-tr", "nnKDTrainerClsBaseline", "-f", "0"], env=ws["env"])
+    z = zipfile.ZipFile(out)
+    names = z.namelist()
+    ds = json.loads(z.read(next(n for n in names if n.endswith("/dataset.json"))))
+    assert ds["nnkd"]["class_names"] == ["G1", "G2", "G3"] and "case_labels" not in ds["nnkd"]
+    assert any(n.endswith("fold_0/debug.json") for n in names)
+    for n in names:
+        data = z.read(n)
+        assert b"case_labels" not in data, n
+        if n.endswith("fold_0/validation/summary.json"):
+            continue  # nnU-Net's per-case Dice names the validation cases' files (no class): nnU-Net's own export
+        assert not [c for c in labels if c.encode() in data], n
+    ck = torch.load(io.BytesIO(z.read(next(n for n in names if n.endswith("checkpoint_final.pth")))),
+                    weights_only=False)
+    assert "case_labels" not in ck["init_args"]["dataset_json"]["nnkd"]
+
+
+def test_shipped_plan_by_name_and_paired_init_from_teacher(ws, teacher):
+    """NNKD_PLAN names a shipped plan; another trainer refuses it, and a paired trainer honours
+    student.init_from_teacher (here: refuses a teacher of another architecture), before training."""
+    p = train(ws, "nnKDTrainerLogitKD", "react_kd", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "plan 'react_kd' does not fit trainer nnKDTrainerLogitKD" in out
+    assert "field 'trainers': the plan is for nnKDTrainerREACT, not for nnKDTrainerLogitKD" in out
+    assert os.path.join("nnkd", "plans", "react_kd.json") in out
+    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerLogitKD"), "fold_0", "nnkd_plan.json"))
+    plan = write_plan(ws, "init_fitnet", {"student": {"channels": ["CT"], "init_from_teacher": True},
+                                          "teachers": [{"name": "structure_function", "model_folder": teacher}]})
+    p = train(ws, "nnKDTrainerFitNet", plan, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and ("student.init_from_teacher: teacher 'structure_function' has another architecture"
+                                  in out)
+    assert "Epoch 0" not in out
+    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerFitNet"), "fold_0", "nnkd_plan.json"))

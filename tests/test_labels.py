@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from nnkd import labels as L
+from nnkd.dataset_folders import dataset_name, training_case_ids
 from nnkd.errors import NNKDError
 
 NAME = "Dataset042_Toy"
@@ -137,10 +138,10 @@ def test_missing_csv_and_unknown_dataset(env, tmp_path):
     with pytest.raises(NNKDError, match="label file not found: .*nope.csv"):
         L.import_labels(NAME, str(tmp_path / "nope.csv"))
     with pytest.raises(NNKDError, match="'abc' is neither a dataset id"):
-        L.resolve_dataset("abc")
+        dataset_name("abc")
     with pytest.raises(NNKDError, match="dataset '7'"):
-        L.resolve_dataset("7")
-    assert L.resolve_dataset(" 42 ") == NAME
+        dataset_name("7")
+    assert dataset_name(" 42 ") == NAME
 
 
 def test_failed_second_write_leaves_both_files(env, tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_training_case_ids_honour_dataset_key(tmp_path):
     doc = {"file_ending": ".nii.gz", "dataset": {"b_10": {"images": ["x.nii.gz"], "label": "y.nii.gz"},
                                                  "b_2": {"images": ["z.nii.gz"], "label": "w.nii.gz"}}}
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
-    assert L.training_case_ids(str(tmp_path)) == ["b_10", "b_2"]
+    assert training_case_ids(str(tmp_path)) == ["b_10", "b_2"]
 
 
 def test_natural_key_and_label_counts():

@@ -276,10 +276,14 @@ def test_gkd_den_with_masks_runs_without_classify():
     y = torch.tensor([0, 1, 0])
     f_s, f_t = _data(y, y, size=(4, 4))
     seg = (torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) > 0.5).long()
-    out = _loss("gkd_den", relation_source="mask")(
-        NetOutputs(None, None, [f_s]), [NetOutputs(None, None, [f_t])],
-        _batch(y, y, seg_target=seg, teacher_seg_target=[seg]))
-    assert torch.isfinite(out["den"]) and out["den"] > 0
+    loss = _loss("gkd_den", relation_source="mask")
+    out = loss(NetOutputs(None, None, [f_s]), [NetOutputs(None, None, [f_t])],
+               _batch(y, y, seg_target=seg, teacher_seg_target=[seg]))
+    # the same value through the loop reference: embedded tokens, relations from the masks on the 4x4 grid
+    rel = mask_relations(seg, (4, 4))
+    tok_s, tok_t = (emb(f.flatten(2).transpose(1, 2)) for emb, f in ((loss.embed_s, f_s), (loss.embed_t, f_t)))
+    torch.testing.assert_close(out["den"], _naive_den(tok_s, y, rel, tok_t, y, rel))
+    assert out["den"] > 0 and set(out) == {"den", "n_skipped_classes"} and out["n_skipped_classes"] == 0
 
 
 # ---------------------------------------------------------------- shared behaviour

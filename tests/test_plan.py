@@ -1,9 +1,11 @@
 import json
+import os
 
 import pytest
 
+from nnkd.channels import resolve_channels
 from nnkd.errors import NNKDError
-from nnkd.plan import (DEFAULTS, PLAN_ENV, check_registered_names, load_plan, resolve_channels, resolve_plan,
+from nnkd.plan import (DEFAULTS, PLAN_ENV, check_registered_names, load_plan, plan_path, resolve_plan, shipped_plans,
                        validate_plan)
 
 
@@ -29,6 +31,9 @@ def test_defaults_fill_in_and_round_trip():
     ({"losses": [{"name": "logit_kd", "wieght": 1}]}, "losses[0].wieght"),
     ({"student": {"channels": [0, 1.5]}}, "student.channels[1]"),
     ({"network": {"cbam": 1}}, "network.cbam"),
+    ({"trainers": "nnKDTrainerREACT"}, "trainers"),
+    ({"trainers": ["nnKDTrainerREACT", 3]}, "trainers[1]"),
+    ({"trainers": ["nnKDTrainerCls", "nnKDTrainerCls"]}, "trainers"),
 ])
 def test_bad_fields_are_named(raw, field):
     with pytest.raises(NNKDError) as e:
@@ -42,6 +47,9 @@ def test_unknown_registered_names_list_known():
         check_registered_names(plan, "p.json")
     msg = str(e.value)
     assert "losses[0].name" in msg and "'logit_kdd'" in msg and "logit_kd" in msg.split("known:")[1]
+    with pytest.raises(NNKDError, match=r"p.json: field 'trainers\[0\]': unknown trainer 'nnKDTrainerReact'; "
+                                        r"known: .*nnKDTrainerREACT"):
+        check_registered_names(validate_plan({"trainers": ["nnKDTrainerReact"]}), "p.json")
 
 
 def test_load_plan_errors(tmp_path):
@@ -105,3 +113,33 @@ def test_plan_file_merges_objects_over_trainer_defaults_and_replaces_lists(tmp_p
 def test_student_fields_are_validated(student, field):
     with pytest.raises(NNKDError, match=f"field '{field}'"):
         validate_plan({"student": student}, "p.json")
+
+
+def test_plan_path_takes_a_shipped_plan_name_or_a_file(tmp_path, monkeypatch):
+    shipped = shipped_plans()
+    assert shipped["react_kd"].endswith(os.path.join("nnkd", "plans", "react_kd.json"))
+    assert plan_path("react_kd") == plan_path("react_kd.json") == shipped["react_kd"]
+    own = tmp_path / "react_kd"
+    own.write_text("{}")
+    assert plan_path(str(own)) == str(own)  # an existing file wins over the shipped plan
+    monkeypatch.chdir(tmp_path)
+    assert plan_path("react_kd") == "react_kd"
+    with pytest.raises(NNKDError) as e:
+        plan_path("reakt_kd")
+    assert "reakt_kd is neither a file nor the name of a shipped plan" in str(e.value) and "react_kd" in str(e.value)
+    with pytest.raises(NNKDError, match="neither a file"):
+        plan_path("sub/react_kd")  # a path that does not exist is not a name
+
+
+def test_nnkd_plan_names_a_shipped_plan(tmp_path, monkeypatch):
+    from nnkd.hooks import lookup
+
+    monkeypatch.setenv(PLAN_ENV, "react_kd")
+    plan, source = resolve_plan(str(tmp_path / "fold_0"), None, lookup("trainers", "nnKDTrainerREACT").plan_defaults,
+                                continuing=False)
+    assert source == shipped_plans()["react_kd"]
+    assert plan["name"] == "react_kd" and plan["trainers"] == ["nnKDTrainerREACT"]
+    assert [t["name"] for t in plan["teachers"]] == ["structure_function", "dose_aware"]
+    # the method comes from the trainer: focal task loss, logit KD and region-graph KD
+    assert plan["classification"]["loss"] == "focal"
+    assert [(loss["name"], loss["weight"]) for loss in plan["losses"]] == [("logit_kd", 0.7), ("region_graph", 1.0)]

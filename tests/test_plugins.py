@@ -3,6 +3,8 @@ import os
 import sys
 import textwrap
 
+import pytest
+
 from conftest import nnkd_cli, run_cli
 
 PLUGIN = '''
@@ -69,7 +71,6 @@ def test_misspelled_hook_fails_at_startup(tmp_path, nnunet_env):
 
 
 def test_unknown_name_lists_known():
-    import pytest
     from nnkd.hooks import UnknownNameError, build_loss
 
     with pytest.raises(UnknownNameError) as e:
@@ -81,5 +82,62 @@ def test_nnunet_does_not_find_trainers_without_env(nnunet_env):
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f\n"
             "f('nnKDTrainerCls')")
     p = run_cli([sys.executable, "-c", code], env={"nnUNet_extTrainer": ""}, check=False)
-    assert p.returncode != 0  # documents why `eval "$(nnkd env)"` is needed
+    # documents why `eval "$(nnkd env)"` is needed: nnU-Net itself does not find the trainer
+    assert p.returncode != 0 and "Could not find requested nnunet trainer nnKDTrainerCls" in p.stderr
     assert "export nnUNet_extTrainer=" in nnkd_cli("env").stdout
+
+
+def _register_temporarily(trainers):
+    """Register a plugin providing ``trainers`` in this process's manager; returns the cleanup."""
+    import types
+
+    from nnkd.hooks import get_plugin_manager, hookimpl, registry
+
+    plugin = types.ModuleType("nnkd_bad_trainers")
+    plugin.nnkd_register_trainers = hookimpl(lambda: trainers)
+    pm = get_plugin_manager()
+    pm.register(plugin, name="nnkd_bad_trainers")
+    registry.cache_clear()
+
+    def cleanup():
+        pm.unregister(name="nnkd_bad_trainers")
+        registry.cache_clear()
+
+    return cleanup
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: {"nnKDTrainerRenamed": __import__("nnkd.trainers", fromlist=["x"]).nnKDTrainerCls},
+     "trainer 'nnKDTrainerRenamed' registered by nnkd_bad_trainers is the class nnKDTrainerCls: the name must equal "
+     "the class name"),
+    (lambda: {"NotATrainer": type("NotATrainer", (), {})},
+     "trainer 'NotATrainer' registered by nnkd_bad_trainers is not a subclass of nnU-Net's nnUNetTrainer"),
+])
+def test_registry_checks_the_trainer_contract(make, message):
+    from nnkd.hooks import registry
+
+    cleanup = _register_temporarily(make())
+    try:
+        with pytest.raises(ValueError) as e:
+            registry("trainers")
+        assert str(e.value).startswith(message)
+    finally:
+        cleanup()
+    assert "nnKDTrainerCls" in registry("trainers")
+
+
+def test_builtins_are_registered_like_a_plugin():
+    """Every kind comes from the one built-in plugin, from the package's NameTable of that kind."""
+    from nnkd.hooks import BUILTIN_PLUGINS, KINDS, registry
+    from nnkd.losses import BUILTIN_LOSSES
+    from nnkd.name_table import NameTable
+    from nnkd.teachers import BUILTIN_TEACHER_LOADERS
+    from nnkd.trainers import BUILTIN_TRAINERS
+    from nnkd.transforms import BUILTIN_TRANSFORMS
+
+    assert BUILTIN_PLUGINS == {"nnkd.builtin": "nnkd.builtin_plugin"}
+    tables = dict(zip(KINDS, (BUILTIN_LOSSES, BUILTIN_TRAINERS, BUILTIN_TEACHER_LOADERS, BUILTIN_TRANSFORMS)))
+    for kind, table in tables.items():
+        assert isinstance(table, NameTable) and table, kind
+        reg = registry(kind)
+        assert {n: f for n, (f, plugin) in reg.items() if plugin == "nnkd.builtin"} == dict(table), kind

@@ -13,6 +13,7 @@ import pytest
 from scipy import ndimage, stats
 
 from nnkd import labels as L
+from nnkd.dataset_folders import training_case_ids
 from nnkd.errors import NNKDError
 from nnkd.synthetic import geometry, lesion2d, paired3d, rawdataset, textures, unpaired2d
 
@@ -182,7 +183,7 @@ def test_lesion2d_dataset_layout_labels_and_truth(roots):
         doc, truth = _load(folder, "dataset.json"), _load(folder, rawdataset.TRUTH_FILE)
         assert doc["channel_names"] == {"0": "mammo"} and doc["numTraining"] == 5 and doc["file_ending"] == ".png"
         names, labels = L.stored_labels(doc)
-        cases = L.training_case_ids(folder)
+        cases = training_case_ids(folder)
         assert names == ["negative", "positive"] and sorted(labels) == cases == sorted(truth["cases"])
         for case in cases:
             mask = io.imread(os.path.join(folder, "labelsTr", case + ".png"))

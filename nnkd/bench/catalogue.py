@@ -25,7 +25,7 @@ class Method:
     key: str  # short id: folder names and tables
     label: str
     trainer: str
-    plan: str  # a file of the repository's plans/ folder
+    plan: str  # a plan shipped with the package (nnkd/plans/), named for trainer
     role: str  # TEACHER, AUX_TEACHER, NOKD or KD
     channels: Optional[Tuple[int, ...]] = None  # test-image channels it deploys with (None = all)
     teacher_side: bool = False  # trained and tested on the teacher modality's datasets (unpaired teachers)
@@ -114,9 +114,9 @@ UNPAIRED2D = Benchmark(
     (Method("teacher", "teacher narrow-band", "nnKDTrainerCls", "pagkd_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student white-light, no KD", "nnKDTrainerClsBaseline", "pagkd_teacher", NOKD),
      Method("pagkd", "PaGKD (GKD-Pro + GKD-Den)", "nnKDTrainerPaGKD", "pagkd", KD),
-     Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKD", "pagkd_pro_only", KD),
-     Method("den_only", "GKD-Den only", "nnKDTrainerPaGKD", "pagkd_den_only", KD),
-     Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKD", "pagkd_image_level", KD)),
+     Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKDProOnly", "pagkd_pro_only", KD),
+     Method("den_only", "GKD-Den only", "nnKDTrainerPaGKDDenOnly", "pagkd_den_only", KD),
+     Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKDImageLevel", "pagkd_image_level", KD)),
     {"nbi": "teacher"},
     full=Schedule(cases=120, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
@@ -129,9 +129,9 @@ LESION2D = Benchmark(
     "lesion2d", "Unpaired 2D lesion detection (CoMoTo setting): tomosynthesis-like student, mammography teacher",
     "lesion2d", "detection", "2d", 950,
     (Method("teacher", "ImPA teacher mammography", "nnKDTrainerImPA", "impa_teacher", TEACHER, teacher_side=True),
-     Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoTo", "comoto_nokd", NOKD),
+     Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoToNoKD", "comoto_nokd", NOKD),
      Method("comoto", "CoMoTo (LsKD)", "nnKDTrainerCoMoTo", "comoto", KD),
-     Method("image_kd", "image-level KD", "nnKDTrainerCoMoTo", "comoto_image_kd", KD)),
+     Method("image_kd", "image-level KD", "nnKDTrainerCoMoToImageKD", "comoto_image_kd", KD)),
     {"mammography": "teacher"},
     full=Schedule(cases=60, test_cases=40, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),

@@ -62,7 +62,7 @@ def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -
     for m in bench.methods:
         per_seed = values.get(m.key, {})
         mean, sd = mean_sd(list(per_seed.values()))
-        stats[m.key] = {"label": m.label, "role": m.role, "trainer": m.trainer, "plan": f"plans/{m.plan}.json",
+        stats[m.key] = {"label": m.label, "role": m.role, "trainer": m.trainer, "plan": m.plan,
                         "per_seed": {str(s): v for s, v in sorted(per_seed.items())}, "mean": mean, "sd": sd,
                         "n": sum(v is not None for v in per_seed.values())}
     teacher = bench.role(TEACHER)[0].key
@@ -232,10 +232,12 @@ def plot(report: Dict[str, Any], path: str) -> None:
 # ------------------------------------------------------------------------------------------- running
 def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teacher_folders: Dict[str, str],
                 teacher_dataset: int) -> Dict[str, Any]:
-    """The plan file of ``m`` with this run's name, seed, schedule and teacher model folders."""
+    """The plan file of ``m`` over its trainer's defaults, with this run's name, seed, schedule and teacher folders."""
+    from nnkd.hooks import lookup
     from nnkd.pipeline import load_plan_file
+    from nnkd.plan import merge_over
 
-    plan = load_plan_file(m.plan)
+    plan = merge_over(lookup("trainers", m.trainer).plan_defaults, load_plan_file(m.plan))
     plan["name"] = f"{bench.key}_{m.key}_seed{seed}"
     plan["seed"] = seed
     plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
@@ -244,7 +246,7 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     for t in plan.get("teachers", []):
         key = bench.teachers.get(t.get("name"))
         if key is None:
-            raise NNKDError(f"plans/{m.plan}.json: teacher {t.get('name')!r} is not one this benchmark trains "
+            raise NNKDError(f"plan {m.plan}: teacher {t.get('name')!r} is not one this benchmark trains "
                             f"({', '.join(bench.teachers)})")
         t = dict(t, model_folder=teacher_folders[key], fold=0, checkpoint="checkpoint_final.pth")
         if not t.get("paired", True):
@@ -304,7 +306,7 @@ class QualityRun:
     def available(self, bench: Benchmark) -> Optional[str]:
         """None when every trainer and plan file of ``bench`` exists, else why not."""
         from nnkd.hooks import list_names
-        from nnkd.pipeline import PLANS_DIR
+        from nnkd.plan import PLANS_DIR
 
         trainers = set(list_names("trainers"))
         missing = sorted({m.trainer for m in bench.methods} - trainers)
@@ -313,7 +315,7 @@ class QualityRun:
         if missing:
             why.append(f"trainer(s) {', '.join(missing)} not registered")
         if plans:
-            why.append(f"plan file(s) {', '.join(f'plans/{p}.json' for p in plans)} missing")
+            why.append(f"plan file(s) {', '.join(f'nnkd/plans/{p}.json' for p in plans)} missing")
         return "; ".join(why) or None
 
     # ------------------------------------------------------------------ data
@@ -471,7 +473,7 @@ class QualityRun:
             notes.append("The teacher is evaluated on the teacher modality's test set, the students on the student "
                          "modality's (same generator seed, unpaired cases).")
         if bench.key == "unpaired2d":
-            notes.append("The no-KD student is nnKDTrainerClsBaseline with the teacher's plan (plans/pagkd_teacher.json) "
+            notes.append("The no-KD student is nnKDTrainerClsBaseline with the teacher's plan (pagkd_teacher) "
                          "on the student dataset.")
         return {"schedule": asdict(s), "datasets": ids, "stats": stats, "comparisons": comparisons,
                 "runs": records, "minutes": round((time.time() - t0) / 60, 1), "notes": notes}

@@ -5,6 +5,7 @@ import argparse
 import os
 
 from nnkd import labels as L
+from nnkd.dataset_folders import dataset_name, training_case_ids
 from nnkd.errors import NNKDError
 
 _IMPORT_DESCRIPTION = """\
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
 
 def run_import(args) -> int:
     entry = L.import_labels(args.dataset, args.csv, args.classes)
-    name = L.resolve_dataset(args.dataset)
+    name = dataset_name(args.dataset)
     summary = L.label_counts(entry["class_names"], entry["case_labels"])
     print(f"{name}: {len(entry['case_labels'])} cases labelled, classes (index order): "
           + ", ".join(f"{i}={c} ({summary.counts[c]})" for i, c in enumerate(entry["class_names"])))
@@ -48,7 +49,7 @@ def run_import(args) -> int:
 
 
 def run_show(args) -> int:
-    name = L.resolve_dataset(args.dataset)
+    name = dataset_name(args.dataset)
     print(format_summary(name))
     return 0
 
@@ -65,7 +66,7 @@ def format_summary(dataset_name: str) -> str:
         raise NNKDError(f"no dataset.json for {dataset_name} in nnUNet_raw={raw_root} or "
                         f"nnUNet_preprocessed={pre_root}")
     names, labels = L.stored_labels(L.load_json(source), source)
-    case_ids = L.training_case_ids(raw) if has_raw else None
+    case_ids = training_case_ids(raw) if has_raw else None
     summary = L.label_counts(names, labels, case_ids)
     total = len(case_ids) if case_ids is not None else len(labels)
     width = max(len(n) for n in names)

@@ -57,7 +57,7 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from tqdm import tqdm
 
-    from nnkd.commands.info import ext_trainer_value
+    from nnkd.environment import ext_trainer_value
     from nnkd.evaluation.predictions import write_prediction_csv
     from nnkd.inference import ClassProbabilityCollector, predict_case
     from nnkd.nets.network import NNKDNetwork

@@ -23,6 +23,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnkd.data.class_matched import ClassMatchedSampler, check_teacher_classes
+from nnkd.dataset_folders import PREPROCESSED, dataset_folder
 from nnkd.errors import NNKDError
 from nnkd.labels import case_labels
 
@@ -57,28 +58,6 @@ class TeacherData:
         return {"data": data, "target": b["target"], "keys": keys}
 
 
-def _preprocessed_root() -> str:
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise NNKDError("nnUNet_preprocessed is not set; the unpaired teacher's preprocessed dataset cannot be found")
-    return root
-
-
-def teacher_dataset_folder(dataset: int | str, where: str) -> str:
-    """``$nnUNet_preprocessed/DatasetXXX_Name`` of an id or name, with a clear error."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError, AssertionError) as e:
-        raise NNKDError(f"{where}: dataset {dataset!r} not found: {str(e).splitlines()[0]}") from None
-    folder = os.path.join(_preprocessed_root(), name)
-    if not os.path.isdir(folder):
-        raise NNKDError(f"{where}: {folder} does not exist; run nnUNetv2_plan_and_preprocess -d {dataset} for the "
-                        f"teacher's dataset first")
-    return folder
-
-
 def build_teacher_data(spec: Mapping, meta: Mapping, batch_size: int, student_case_to_class: Mapping[str, int],
                        student_class_names: Sequence[str], oversample_foreground_percent: float = 0.33
                        ) -> TeacherData:
@@ -88,7 +67,7 @@ def build_teacher_data(spec: Mapping, meta: Mapping, batch_size: int, student_ca
     plans come from its model folder, its cases from ``nnUNet_preprocessed/<spec['dataset']>``.
     """
     where = f"teacher '{spec['name']}'"
-    folder = teacher_dataset_folder(spec["dataset"], where)
+    folder = dataset_folder(spec["dataset"], PREPROCESSED, where)
     model_folder = meta.get("model_folder")
     if model_folder is None:
         raise NNKDError(f"{where}: an unpaired teacher needs a model folder with nnU-Net plans (loader "
@@ -147,12 +126,3 @@ class UnpairedDataLoader(nnUNetDataLoader):
         batch["teacher_target"] = [p["target"] for p in parts]
         batch["teacher_keys"] = [p["keys"] for p in parts]
         return batch
-
-
-def with_teachers(loader: nnUNetDataLoader, case_to_class: Mapping[str, int],
-                  teachers: Sequence[TeacherData]) -> UnpairedDataLoader:
-    """The same loader (same dataset, patch sizes, transforms, oversampling) as an :class:`UnpairedDataLoader`."""
-    out = UnpairedDataLoader.__new__(UnpairedDataLoader)
-    out.__dict__.update(loader.__dict__)
-    out.case_to_class, out.teachers = dict(case_to_class), list(teachers)
-    return out

@@ -47,7 +47,8 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, class_weights
     """Softmax focal loss ``-w_y (1 - p_y)^gamma log p_y``, weighted batch mean; gamma=0 is CE.
 
     Hand-written: MONAI's FocalLoss averages over the class channel and weights differently,
-    so gamma=0 would not reproduce ``F.cross_entropy``.
+    so gamma=0 would not reproduce ``F.cross_entropy`` (unweighted, this is K x MONAI's softmax
+    focal loss: tests/test_monai_reference.py).
     """
     logp = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
     loss = -((1 - logp.exp()) ** gamma) * logp

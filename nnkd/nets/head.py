@@ -1,7 +1,7 @@
 """Case-level classification head: global pooling of one or more encoder stages, then a two-layer MLP.
 
 Why more than "global average pool of the bottleneck -> MLP" (the default of nnkd's distillation
-plans, ``plans/README.md``): nnU-Net's encoder ends every convolution block in instance
+plans, ``nnkd/plans/README.md``): nnU-Net's encoder ends every convolution block in instance
 normalisation, so each channel of each stage has the same mean and spread in every case. Its
 global average is then almost the same vector for every case (measured on the synthetic PET/CT
 set at initialisation: 1-5 % between-case spread), and the MLP has to amplify tiny differences,

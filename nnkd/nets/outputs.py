@@ -17,12 +17,10 @@ class NetOutputs:
     features:  encoder stage outputs, shallow to deep, each ``(B, C_s, *spatial_s)``; the last
                one is the bottleneck after CBAM (when CBAM is enabled).
     attention: CBAM spatial attention ``(B, 1, *spatial_bottleneck)`` or ``None``.
-    embedding: optional extra embedding (``(B, D, *spatial_bottleneck)``) added by a trainer.
     """
 
     seg: Union[Tensor, List[Tensor]]
     logits: Tensor
     features: List[Tensor]
     attention: Optional[Tensor] = None
-    embedding: Optional[Tensor] = None
     extras: dict = field(default_factory=dict)

@@ -31,7 +31,10 @@ def grad_cam(features: Tensor, classify: Callable[[Tensor], Tensor], target: Ten
     With a pooled head ``dy/dA_k(u) = dy/dpool_k / N`` for all N positions u, so the Grad-CAM
     weight ``alpha_k = mean_u dy/dA_k(u)`` is ``dy/dpool_k / N``. The gradient is taken on a
     detached pooled copy: cheap, independent of the caller's graph and of ``no_grad`` contexts,
-    and valid for frozen (teacher) heads.
+    and valid for frozen (teacher) heads. Equals MONAI's ``GradCAM`` on that stage (whose default
+    normaliser maps (min, max) to (1, 0); tests/test_monai_reference.py), which instead runs the
+    whole network forward and backward through hooks: relation maps need it every training step,
+    from features already computed.
     """
     feats = features.detach()
     n = feats[0, 0].numel()

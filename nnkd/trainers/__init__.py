@@ -7,10 +7,13 @@ from nnkd.trainers.unpaired import (nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
                                     nnKDTrainerPaGKD, nnKDTrainerPaGKDDenOnly, nnKDTrainerPaGKDImageLevel,
                                     nnKDTrainerPaGKDProOnly, nnKDTrainerUnpaired)
 
-BUILTIN_TRAINERS = [nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher,
-                    nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerFitNet, nnKDTrainerAT,
-                    nnKDTrainerDKD, nnKDTrainerUnpaired, nnKDTrainerPaGKD, nnKDTrainerPaGKDProOnly, nnKDTrainerPaGKDDenOnly,
-                    nnKDTrainerPaGKDImageLevel, nnKDTrainerImPA, nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
-                    nnKDTrainerCoMoToNoKD]
+from nnkd.trainers.registry import BUILTIN_TRAINERS, register_trainer
 
-__all__ = [c.__name__ for c in BUILTIN_TRAINERS] + ["BUILTIN_TRAINERS"]
+for _cls in (nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher,
+             nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerFitNet, nnKDTrainerAT,
+             nnKDTrainerDKD, nnKDTrainerUnpaired, nnKDTrainerPaGKD, nnKDTrainerPaGKDProOnly, nnKDTrainerPaGKDDenOnly,
+             nnKDTrainerPaGKDImageLevel, nnKDTrainerImPA, nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
+             nnKDTrainerCoMoToNoKD):
+    register_trainer(_cls.__name__)(_cls)
+
+__all__ = list(BUILTIN_TRAINERS) + ["BUILTIN_TRAINERS", "register_trainer"]

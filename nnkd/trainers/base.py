@@ -20,7 +20,9 @@ import nnkd
 from nnkd.data.wait import TimedLoader
 from nnkd.errors import NNKDError
 from nnkd.io import torch_save, write_json
-from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_channels, resolve_plan
+from nnkd.channels import resolve_channels
+from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_plan
+from nnkd.sharing import scrub_debug_json, shareable_dataset_json
 from nnkd.trainers.channels import channel_subset_dataset_class, subset_dataset_json, subset_plans
 from nnkd.trainers.progress import DATA_WAIT_KEY, NNKDLocalLogger
 
@@ -30,6 +32,8 @@ class nnKDTrainer(nnUNetTrainer):
 
     #: plan fields a subclass sets when no plan file is given (merged over nnkd.plan.DEFAULTS)
     plan_defaults: Dict[str, Any] = {}
+    #: whether this trainer reads the plan's teachers and distillation losses
+    distils: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -38,20 +42,24 @@ class nnKDTrainer(nnUNetTrainer):
         self.kd_plan, self.kd_plan_source = resolve_plan(
             self.output_folder, self.preprocessed_dataset_folder_base, self.plan_defaults, continuing)
         check_registered_names(self.kd_plan, self.kd_plan_source)
+        self.check_plan_fits()
         self.print_to_log_file(f"nnkd {nnkd.__version__}: distillation plan '{self.kd_plan['name']}' "
                                f"from {self.kd_plan_source}")
         self._apply_schedule(self.kd_plan["schedule"])
         if self.kd_plan["seed"] is not None:
             self._seed(self.kd_plan["seed"])
 
+        # With the case labels: read during training, never written to the results folder or a checkpoint.
         self.full_dataset_json = dataset_json
         self.input_channels: List[int] = resolve_channels(
             self.kd_plan["student"]["channels"], dataset_json["channel_names"], "student.channels")
         self.uses_channel_subset = self.input_channels != list(range(len(dataset_json["channel_names"])))
+        self.dataset_json = shareable_dataset_json(dataset_json)  # what nnU-Net copies into the results folder
         if self.uses_channel_subset:
-            self.dataset_json = subset_dataset_json(dataset_json, self.input_channels)
+            self.dataset_json = subset_dataset_json(self.dataset_json, self.input_channels)
             self.print_to_log_file(f"student channels: {self.dataset_json['channel_names']} "
                                    f"(dataset channels {self.input_channels})")
+        self.my_init_kwargs["dataset_json"] = self.dataset_json  # every checkpoint carries init_args
         self.plans_manager.plans["nnkd"] = self.plans_nnkd_entry()
 
         local = NNKDLocalLogger(self.logger.local_logger.verbose)
@@ -60,6 +68,28 @@ class nnKDTrainer(nnUNetTrainer):
         self.logger.local_logger = local
 
     # ----------------------------------------------------------------- configuration hooks
+    def check_plan_fits(self) -> None:
+        """Refuse, before training, a plan this trainer cannot honour, listing every problem."""
+        problems = self.plan_problems()
+        if problems:
+            raise NNKDError(f"{self.kd_plan_source}: plan '{self.kd_plan['name']}' does not fit trainer "
+                            f"{type(self).__name__} (nothing was trained):\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def plan_problems(self) -> List[str]:
+        """What of the plan this trainer cannot honour; all of it is refused at once, before training."""
+        plan, name = self.kd_plan, type(self).__name__
+        problems = []
+        if plan["trainers"] and name not in plan["trainers"]:
+            problems.append(f"field 'trainers': the plan is for {', '.join(plan['trainers'])}, not for {name}")
+        if not self.distils:
+            ignored = [f for f in ("teachers", "losses") if plan[f]]
+            if ignored:
+                problems.append(f"field(s) {', '.join(repr(f) for f in ignored)}: {name} does not distil and would "
+                                f"ignore them; use a distillation trainer (`nnkd trainers` lists them)")
+            if plan["student"]["init_from_teacher"] is not False:
+                problems.append(f"field 'student.init_from_teacher': {name} has no teacher to start from")
+        return problems
+
     def plans_nnkd_entry(self) -> Dict[str, Any]:
         """What nnU-Net's static network builder needs beyond its plans (travels in plans.json)."""
         return {"version": nnkd.__version__, "plan_name": self.kd_plan["name"],
@@ -156,6 +186,19 @@ class nnKDTrainer(nnUNetTrainer):
                 write_json(os.path.join(self.output_folder_base, "plans.json"),
                            subset_plans(self.plans_manager.plans, self.input_channels))
                 write_json(os.path.join(self.output_folder_base, "dataset.json"), self.dataset_json)
+
+    def _save_debug_information(self):
+        # nnU-Net writes str() of every attribute to fold_k/debug.json, which its model export ships
+        super()._save_debug_information()
+        if self.local_rank == 0:
+            removed = scrub_debug_json(os.path.join(self.output_folder, "debug.json"), self.private_case_ids())
+            if removed:
+                self.print_to_log_file(f"debug.json: left out {', '.join(removed)} (they name training cases)")
+
+    def private_case_ids(self) -> List[str]:
+        """Case ids that must not reach a shared model folder (those with a case label)."""
+        entry = self.full_dataset_json.get("nnkd")
+        return list(entry.get("case_labels") or {}) if isinstance(entry, dict) else []
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

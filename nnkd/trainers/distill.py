@@ -128,6 +128,13 @@ class nnKDTrainerDistill(nnKDTrainerCls):
     paired_teachers: bool = True
     #: whether the plan must name at least one teacher
     requires_teachers: bool = True
+    distils = True
+
+    def plan_problems(self) -> List[str]:
+        problems = super().plan_problems()
+        if self.kd_plan["student"]["init_from_teacher"] is not False and not self.kd_plan["teachers"]:
+            problems.append("field 'student.init_from_teacher': the plan names no teacher to start from")
+        return problems
 
     def initialize(self):
         super().initialize()
@@ -138,7 +145,7 @@ class nnKDTrainerDistill(nnKDTrainerCls):
                             f"the multi-modal teacher with modality dropout (nnKDTrainerCls) instead")
         if self.requires_teachers and not plan["teachers"]:
             raise NNKDError(f"{self.__class__.__name__} needs teachers: the plan {self.kd_plan_source} has none "
-                            f"(see plans/README.md, field 'teachers')")
+                            f"(see nnkd/plans/README.md, field 'teachers')")
         wrong = [t["name"] for t in plan["teachers"] if t["paired"] != self.paired_teachers]
         if wrong:
             kind, other = ("paired", "unpaired") if self.paired_teachers else ("unpaired", "paired")
@@ -163,6 +170,26 @@ class nnKDTrainerDistill(nnKDTrainerCls):
             self.optimizer.add_param_group({"params": params})
         self.loss_bank_call = DDP(self.loss_bank, device_ids=[self.local_rank]) if self.is_ddp and params \
             else self.loss_bank
+        self._init_from_teacher()
+
+    def _init_from_teacher(self) -> None:
+        """``student.init_from_teacher``: copy teacher 0's weights when the architectures match
+        (``"auto"``: only then; ``true``: refuse otherwise). A later ``--c`` overrides them."""
+        mode = self.kd_plan["student"]["init_from_teacher"]
+        if mode is False:
+            return
+        teacher = self.teachers[0]
+        src, dst = teacher.network.state_dict(), self._bare_network().state_dict()
+        mismatch = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape)
+        if mismatch or set(src) != set(dst):
+            msg = (f"student.init_from_teacher: teacher '{teacher.name}' has another architecture "
+                   f"({len(mismatch)} differing tensor(s), e.g. {', '.join(mismatch[:3]) or 'extra keys'})")
+            if mode is True:
+                raise NNKDError(f"{self.kd_plan_source}: {msg}; set it to \"auto\" or false")
+            self.print_to_log_file(f"{msg}: the student starts from nnU-Net's initialisation")
+            return
+        self._bare_network().load_state_dict(src)
+        self.print_to_log_file(f"student initialised from teacher '{teacher.name}' ({teacher.meta.get('checkpoint')})")
 
     def loss_context_extras(self) -> Dict[str, Any]:
         if not getattr(self, "teachers", None):
@@ -216,8 +243,8 @@ class nnKDTrainerREACT(nnKDTrainerDistill):
     plan_defaults = {
         "name": "react_kd",
         "classification": {"loss": "focal", "params": {"gamma": 2.0}, "select_best_by": "auc"},
-        "losses": [{"name": "logit_kd", "weight": 0.7, "params": {"T": 2.0}},
-                   {"name": "region_graph", "weight": 1.0, "params": {}}],
+        "losses": [{"name": "logit_kd", "weight": 0.7, "params": {"T": 2.0, "fusion": "mean_prob"}},
+                   {"name": "region_graph", "weight": 1.0, "params": {"stage": -3, "eps": 0.05, "iters": 100}}],
     }
 
 
@@ -232,7 +259,7 @@ class nnKDTrainerFitNet(nnKDTrainerDistill):
     """Baseline: FitNet bottleneck feature regression with a 1x1 adapter."""
 
     plan_defaults = {"name": "fitnet", "classification": {"select_best_by": "auc"},
-                     "losses": [{"name": "fitnet", "weight": 1.0, "params": {}}]}
+                     "losses": [{"name": "fitnet", "weight": 1.0, "params": {"stage": -1}}]}
 
 
 class nnKDTrainerAT(nnKDTrainerDistill):
@@ -246,4 +273,4 @@ class nnKDTrainerDKD(nnKDTrainerDistill):
     """Baseline: decoupled KD (TCKD + NCKD; alpha 1, beta 8, T 4)."""
 
     plan_defaults = {"name": "dkd", "classification": {"select_best_by": "auc"},
-                     "losses": [{"name": "dkd", "weight": 1.0, "params": {}}]}
+                     "losses": [{"name": "dkd", "weight": 1.0, "params": {"alpha": 1.0, "beta": 8.0, "T": 4.0}}]}

@@ -13,7 +13,6 @@ from typing import Any, Dict, List
 import torch
 
 from nnkd.data.teacher_stream import TeacherData, UnpairedDataLoader, build_teacher_data
-from nnkd.errors import NNKDError
 from nnkd.trainers.distill import nnKDTrainerDistill
 
 
@@ -25,7 +24,6 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
     def initialize(self):
         super().initialize()
         self.teacher_data: List[TeacherData] = []
-        self._init_from_teacher()
 
     # ----------------------------------------------------------------- data
     def get_tr_and_val_datasets(self):
@@ -65,6 +63,9 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
         finally:
             nnunet_trainer_module.nnUNetDataLoader = original
 
+    def private_case_ids(self) -> List[str]:
+        return super().private_case_ids() + [k for td in self.teacher_data for k in td.sampler.case_to_class]
+
     def make_batch(self, batch: dict) -> Dict[str, Any]:
         b = super().make_batch(batch)
         if "teacher_data" not in batch:  # validation batches: the student's data only
@@ -83,25 +84,11 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
         with torch.no_grad():
             return [t.network(x, return_all=True) for t, x in zip(self.teachers, b["teacher_data"])]
 
-    # ----------------------------------------------------------------- initialisation from a teacher
-    def _init_from_teacher(self) -> None:
-        """``student.init_from_teacher``: copy teacher 0's weights when the architectures match
-        (``"auto"``: only then; ``true``: refuse otherwise). A later ``--c`` overrides them."""
-        mode = self.kd_plan["student"]["init_from_teacher"]
-        if mode is False:
-            return
-        teacher = self.teachers[0]
-        src, dst = teacher.network.state_dict(), self._bare_network().state_dict()
-        mismatch = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape)
-        if mismatch or set(src) != set(dst):
-            msg = (f"student.init_from_teacher: teacher '{teacher.name}' has another architecture "
-                   f"({len(mismatch)} differing tensor(s), e.g. {', '.join(mismatch[:3]) or 'extra keys'})")
-            if mode is True:
-                raise NNKDError(f"{self.kd_plan_source}: {msg}; set it to \"auto\" or false")
-            self.print_to_log_file(f"{msg}: the student starts from nnU-Net's initialisation")
-            return
-        self._bare_network().load_state_dict(src)
-        self.print_to_log_file(f"student initialised from teacher '{teacher.name}' ({teacher.meta.get('checkpoint')})")
+
+#: GKD-Pro (group prototypes) and GKD-Den (relation-masked dense reconstruction) settings of the PaGKD paper
+_GKD_COMMON = {"warmup_epochs": 5, "embed_dim": 128, "level": "group"}
+_GKD_PRO = {"num_queries": 12, "num_heads": 16, "similarity": "cos", "tau": 1.0, "softmax_one": False, "w_pro": 0.001}
+_GKD_DEN = {"relation_source": "cam", "lesion_threshold": 0.7, "background_threshold": 0.3}
 
 
 class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
@@ -110,7 +97,7 @@ class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
     plan_defaults = {
         "name": "pagkd",
         "classification": {"select_best_by": "auc"},
-        "losses": [{"name": "pagkd", "weight": 1.0, "params": {"warmup_epochs": 5}}],
+        "losses": [{"name": "pagkd", "weight": 1.0, "params": {**_GKD_COMMON, **_GKD_PRO, **_GKD_DEN}}],
     }
 
 
@@ -142,21 +129,22 @@ class nnKDTrainerPaGKDProOnly(nnKDTrainerPaGKD):
     """PaGKD ablation: GKD-Pro alone (group prototypes, no dense term)."""
 
     plan_defaults = dict(nnKDTrainerPaGKD.plan_defaults, name="pagkd_pro_only",
-                         losses=[{"name": "gkd_pro", "weight": 1.0, "params": {"warmup_epochs": 5}}])
+                         losses=[{"name": "gkd_pro", "weight": 1.0, "params": {**_GKD_COMMON, **_GKD_PRO}}])
 
 
 class nnKDTrainerPaGKDDenOnly(nnKDTrainerPaGKD):
     """PaGKD ablation: GKD-Den alone (relation-masked dense reconstruction, no prototypes)."""
 
     plan_defaults = dict(nnKDTrainerPaGKD.plan_defaults, name="pagkd_den_only",
-                         losses=[{"name": "gkd_den", "weight": 1.0, "params": {"warmup_epochs": 5}}])
+                         losses=[{"name": "gkd_den", "weight": 1.0, "params": {**_GKD_COMMON, **_GKD_DEN}}])
 
 
 class nnKDTrainerPaGKDImageLevel(nnKDTrainerPaGKD):
     """PaGKD ablation: image-level instead of group-level distillation (each image with its class-matched partner)."""
 
     plan_defaults = dict(nnKDTrainerPaGKD.plan_defaults, name="pagkd_image_level",
-                         losses=[{"name": "pagkd", "weight": 1.0, "params": {"warmup_epochs": 5, "level": "image"}}])
+                         losses=[{"name": "pagkd", "weight": 1.0,
+                                  "params": {**_GKD_COMMON, **_GKD_PRO, **_GKD_DEN, "level": "image"}}])
 
 
 class nnKDTrainerCoMoToImageKD(nnKDTrainerCoMoTo):

@@ -37,13 +37,11 @@ def main(spec_path: str) -> None:
 def _make_trainer(spec: Dict[str, Any]):
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.paths import nnUNet_preprocessed
 
+    from nnkd.dataset_folders import PREPROCESSED, dataset_folder
     from nnkd.hooks import lookup
 
-    name = maybe_convert_to_dataset_name(int(spec["dataset_id"]))
-    folder = os.path.join(nnUNet_preprocessed, name)
+    folder = dataset_folder(int(spec["dataset_id"]), PREPROCESSED)
     plans = load_json(os.path.join(folder, "nnUNetPlans.json"))
     dataset_json = load_json(os.path.join(folder, "dataset.json"))
     cls = lookup("trainers", spec["trainer"])
