@@ -60,3 +60,35 @@ def test_dry_run_lists_every_step_and_runs_nothing(tmp_path):
     assert "--epochs 2" in p.stdout and "-device cuda -o" in p.stdout
     assert not (out / "logs").exists() or not os.listdir(out / "logs")
     assert "| autocast tests | DRY-RUN |" in (out / "gpu_check.md").read_text()
+
+
+def test_predict_step_reads_the_react_model_of_the_paired_run(tmp_path):
+    gc = _module()
+    out = tmp_path / "out"
+    predict = next(s for s in gc.build_steps(str(out), "cuda", 2) if s.name == "nnkd predict")
+    assert predict.prepare() is None  # nothing trained yet: the step is skipped, not failed
+    ws = out / "quality" / "paired3d" / "workspace"
+    (ws / "runs" / "paired3d" / "seed0" / "react").mkdir(parents=True)
+    (ws / "runs" / "paired3d" / "seed0" / "react" / "run.json").write_text(json.dumps({"model_folder": "/m/REACT"}))
+    (ws / "test_images" / "paired3d_932_ch0").mkdir(parents=True)
+    argv = predict.prepare()
+    assert argv[-10:] == ["-i", str(ws / "test_images" / "paired3d_932_ch0"), "-o", str(out / "predict_react"),
+                          "-m", "/m/REACT", "-f", "0", "-device", "cuda"]
+    assert argv[1:4] == ["-m", "nnkd.cli", "predict"]
+
+
+def test_device_reaches_every_training_and_prediction(tmp_path, monkeypatch):
+    from nnkd import pipeline
+    from nnkd.bench.quality import QualityRun
+
+    ws = QualityRun(str(tmp_path / "q"), [0], quick=True, verbose=False, device="cuda").ws
+    assert ws.device == "cuda" and pipeline.Workspace(str(tmp_path / "w"), verbose=False).device == "cpu"
+    calls = []
+    monkeypatch.setattr(pipeline.Workspace, "run", lambda self, args, extra_env=None, log=None: calls.append(args))
+    os.makedirs(os.path.join(ws.env["nnUNet_preprocessed"], "Dataset930_Toy"))
+    pipeline.train(ws, 930, "3d_fullres", "nnKDTrainerREACT", {"name": "p"}, "label")
+    pipeline.predict_classes(ws, "imgs", str(tmp_path / "pc"), "model")
+    pipeline.predict_detections(ws, "imgs", str(tmp_path / "pd"), "model")
+    train, predict, nnunet_predict, _detect = calls
+    for argv in (train, predict, nnunet_predict):
+        assert argv[argv.index("-device") + 1] == "cuda", argv
