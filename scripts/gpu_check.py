@@ -30,6 +30,7 @@ import glob
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from typing import Callable, Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("paired3d", "unpaired2d", "lesion2d")
+CPU_SLOWER = 10  # a 2-core CPU run of the same steps takes about this much longer than one GPU
 
 ENV_PROBE = r"""
 import torch, nnkd, nnunetv2, importlib.metadata as md
@@ -74,6 +76,7 @@ def nnkd(*args: str) -> List[str]:
 
 
 def build_steps(out: str, device: str, jobs: int) -> List[Step]:
+    """The steps in order; timeouts are for one GPU (a CPU run gets ``CPU_SLOWER`` times as long)."""
     quality = os.path.join(out, "quality")
     steps = [
         Step("environment", [sys.executable, "-c", f"DEVICE = {device!r}\n" + ENV_PROBE], 120),
@@ -100,6 +103,9 @@ def build_steps(out: str, device: str, jobs: int) -> List[Step]:
                     "-device", device)
 
     steps.append(Step("nnkd predict", nnkd("predict", "...", "-device", device), 180, prepare=predict_argv))
+    if device == "cpu":
+        for s in steps:
+            s.timeout *= CPU_SLOWER
     return steps
 
 
@@ -112,8 +118,9 @@ def _start(step: Step, logs: str, base_env: Dict[str, str]) -> subprocess.Popen:
     f = open(step.log, "w")
     f.write("$ " + _shown(step.argv) + "\n")
     f.flush()
+    # own process group: a timeout ends the step's children too (nnUNetv2_train under bench quality)
     proc = subprocess.Popen(step.argv, env=dict(base_env, **step.env), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     proc.log_file = f  # type: ignore[attr-defined]
     proc.t0 = time.time()  # type: ignore[attr-defined]
     return proc
@@ -166,7 +173,10 @@ def _run_group(steps: List[Step], logs: str, base_env: Dict[str, str]) -> None:
             proc.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
             proc.timed_out = True  # type: ignore[attr-defined]
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             proc.wait()
         thread.join()
         _finish(step, proc)
