@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from conftest import REPO
 
@@ -22,18 +23,32 @@ def _py(code):
     return [sys.executable, "-c", code]
 
 
+def _assert_ended(pid):
+    for _ in range(50):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                if "State:\tZ" in f.read():
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} still runs")
+
+
 def test_failed_step_is_recorded_and_the_others_still_run(tmp_path):
     gc = _module()
     steps = [gc.Step("environment", _py("print('probe ok')"), 60),
              gc.Step("fails", _py("import sys; print('broken'); sys.exit(3)"), 60),
-             gc.Step("slow", _py("import time; time.sleep(60)"), 1, group="g"),
+             gc.Step("slow", _py("import subprocess, sys, time; p = subprocess.Popen(['sleep', '60'], stdout=-3, stderr=-3); "
+                                 f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid)); time.sleep(60)"), 3, group="g"),
              gc.Step("fast", _py("import os; print('cwd', os.getcwd())"), 60, group="g"),
              gc.Step("late", _py("pass"), 60, prepare=lambda: None)]
     assert gc.run_steps(steps, str(tmp_path)) == 1
     status = {s.name: (s.status, s.note) for s in steps}
-    assert status == {"environment": ("PASS", ""), "fails": ("FAIL", "exit 3"), "slow": ("FAIL", "timed out after 1 s"),
+    assert status == {"environment": ("PASS", ""), "fails": ("FAIL", "exit 3"), "slow": ("FAIL", "timed out after 3 s"),
                       "fast": ("PASS", ""), "late": ("SKIP", status["late"][1])}
     assert f"cwd {REPO}" in open(steps[3].log).read()  # steps run in the repository root
+    _assert_ended(int((tmp_path / "pid").read_text()))  # the timed-out step's child went with it
     assert "broken" in open(steps[1].log).read()
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| fails | FAIL |" in md and "| fast | PASS |" in md and "| late | SKIP |" in md and "probe ok" in md
