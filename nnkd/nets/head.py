@@ -137,7 +137,7 @@ class ClassificationHead(nn.Module):
     def classify(self, pooled: Tensor) -> Tensor:
         """``(B, in_features) -> (B, K)`` logits (standardised with the running statistics, never updating them)."""
         # outside autocast: standardising nearly equal pooled vectors cancels all but the last bits
-        # of float16/bfloat16 (a few hundred multiply-adds, no cost to speak of)
+        # of float16/bfloat16 (one vector per case: negligible next to the convolutions)
         with torch.autocast(pooled.device.type, enabled=False):
             pooled = fp32(pooled)
             return self.mlp(pooled if self.standardize is None else self.standardize(pooled))
