@@ -81,8 +81,9 @@ class Workspace:
     Logs go to ``ROOT/logs`` unless a step names its own.
     """
 
-    def __init__(self, root: str, verbose: bool = True, tag_lines: bool = False):
+    def __init__(self, root: str, verbose: bool = True, tag_lines: bool = False, device: str = "cpu"):
         self.root = os.path.abspath(root)
+        self.device = device  # -device of every training and prediction ("cpu" or "cuda")
         self.verbose = verbose
         self.tag_lines = tag_lines  # prefix echoed lines with their step's label (several steps run at once)
         self.env = dict(os.environ, **workspace_env(self.root), nnUNet_extTrainer=ext_trainer_value())
@@ -204,7 +205,7 @@ def is_trained(folder: str, fold: int = 0) -> bool:
 
 def train(ws: Workspace, dataset_id: int, config: str, trainer: str, plan: Dict[str, Any], label: str,
           results: Optional[str] = None, log: Optional[str] = None) -> str:
-    """``NNKD_PLAN=<plan> nnUNetv2_train ID CONFIG 0 -tr TRAINER -device cpu`` unless already trained.
+    """``NNKD_PLAN=<plan> nnUNetv2_train ID CONFIG 0 -tr TRAINER -device <ws.device>`` unless already trained.
 
     ``plan`` is written to ``<workspace>/plans/<plan name>.json`` (names must be unique per run);
     ``results`` replaces ``$nnUNet_results`` for this training. Returns the model folder. A run
@@ -227,7 +228,7 @@ def train(ws: Workspace, dataset_id: int, config: str, trainer: str, plan: Dict[
     if results:
         os.makedirs(results, exist_ok=True)
         env["nnUNet_results"] = results
-    ws.run([tool("nnUNetv2_train"), str(dataset_id), config, "0", "-tr", trainer, "-device", "cpu"],
+    ws.run([tool("nnUNetv2_train"), str(dataset_id), config, "0", "-tr", trainer, "-device", ws.device],
            extra_env=env, log=log, label=label)
     return folder
 
@@ -256,7 +257,7 @@ def predict_classes(ws: Workspace, images: str, out: str, model: str, redo: bool
     """``nnkd predict`` (class probabilities + segmentations); returns ``out/classification.csv``."""
     csv = os.path.join(out, "classification.csv")
     if redo or not os.path.isfile(csv):
-        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", "cpu"),
+        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", ws.device),
                log=log, label=label)
     return csv
 
@@ -268,7 +269,7 @@ def predict_detections(ws: Workspace, images: str, out: str, model: str, redo: b
     if redo or not os.path.isfile(csv):
         maps = os.path.join(out, "probabilities")
         ws.run([tool("nnUNetv2_predict_from_modelfolder"), "-i", images, "-o", maps, "-m", model, "-f", "0",
-                "-device", "cpu", "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"],
+                "-device", ws.device, "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"],
                log=log, label=label)
         ws.run(nnkd_cmd("detect", "-i", maps, "-o", csv), log=log and log + ".detect", label=label)
     return csv

@@ -266,7 +266,8 @@ class QualityRun:
 
     def __init__(self, out: str, seeds: Sequence[int], quick: bool = False, overrides: Optional[Dict[str, Any]] = None,
                  n_bootstrap: int = 1000, verbose: bool = True, workspace: Optional[str] = None,
-                 schedules: Optional[Dict[str, Schedule]] = None, jobs: int = 1, shared_results: bool = False):
+                 schedules: Optional[Dict[str, Schedule]] = None, jobs: int = 1, shared_results: bool = False,
+                 device: str = "cpu"):
         """``shared_results``: model folders go to the workspace's ``nnUNet_results`` (where ``nnkd env --workspace``
         points) instead of one ``nnUNet_results`` per run; needs one seed and one trainer per model (the demo)."""
         from nnkd.pipeline import Workspace
@@ -281,7 +282,8 @@ class QualityRun:
         self.shared_results = shared_results
         if shared_results and len(self.seeds) != 1:
             raise NNKDError(f"one nnUNet_results folder for every model needs one seed, got {self.seeds}")
-        self.ws = Workspace(workspace or os.path.join(self.out, "workspace"), verbose=verbose, tag_lines=self.jobs > 1)
+        self.ws = Workspace(workspace or os.path.join(self.out, "workspace"), verbose=verbose, tag_lines=self.jobs > 1,
+                            device=device)
         self.log = print if verbose else (lambda *a, **k: None)
 
     def schedule(self, bench: Benchmark) -> Schedule:
@@ -519,6 +521,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cases", type=int, help="override the training cases (per dataset)")
     parser.add_argument("--test-cases", type=int, help="override the test cases")
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the detection comparison")
+    parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda"),
+                        help="device of every training and prediction (default cpu)")
 
 
 def run(args) -> int:
@@ -538,5 +542,6 @@ def run(args) -> int:
     out = args.output or ("nnkd_quality_quick" if args.quick else "nnkd_quality")
     overrides = {"epochs": args.epochs, "iterations": args.iterations, "cases": args.cases,
                  "test_cases": args.test_cases}
-    QualityRun(out, seeds, args.quick, overrides, args.n_bootstrap, jobs=args.jobs).run(args.benchmarks, args.methods)
+    QualityRun(out, seeds, args.quick, overrides, args.n_bootstrap, jobs=args.jobs,
+               device=args.device).run(args.benchmarks, args.methods)
     return 0

@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from nnkd.ops.precision import fp32
+
 SIMILARITIES = ("cos", "code")
 # The reference code divides its query-normalised similarity by 20 (not by N_q = 12).
 _CODE_DIVISOR = 20.0
@@ -25,7 +27,13 @@ def prototype_similarity(anchor: Tensor, others: Tensor, kind: str = "cos") -> T
     ``"cos"`` (paper): ``mean_i cos(a_i, b_i)``, cosine over d per query i.
     ``"code"``: normalise each prototype over the query axis (per channel), then
     ``sum_{i,j} a_ij b_ij / 20``.
+    In float32 also under autocast (which would run the einsum in float16).
     """
+    with torch.autocast(anchor.device.type, enabled=False):
+        return _similarity(fp32(anchor), fp32(others), kind)
+
+
+def _similarity(anchor: Tensor, others: Tensor, kind: str) -> Tensor:
     if kind == "cos":
         a, b = F.normalize(anchor, dim=-1), F.normalize(others, dim=-1)
         return torch.einsum("gid,hid->gh", a, b) / anchor.shape[1]

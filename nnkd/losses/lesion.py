@@ -85,10 +85,11 @@ class ImPALoss(nn.Module):
         nb = F.normalize(bg[bg_valid.any(1)].flatten(1).float(), dim=1)  # (m, C*K)
         zero = feature.sum() * 0
         n = u.shape[0]
-        cos_uu = u @ u.T
-        off_diag = ~torch.eye(n, dtype=torch.bool, device=u.device)
-        align = torch.relu(1 - cos_uu[off_diag]).mean() if n >= 2 else zero
-        background = torch.relu(u @ nb.T).mean() if n >= 1 and nb.shape[0] else zero
+        with torch.autocast(u.device.type, enabled=False):  # cosines in float32 (autocast: float16 matmuls)
+            cos_uu = u @ u.T
+            off_diag = ~torch.eye(n, dtype=torch.bool, device=u.device)
+            align = torch.relu(1 - cos_uu[off_diag]).mean() if n >= 2 else zero
+            background = torch.relu(u @ nb.T).mean() if n >= 1 and nb.shape[0] else zero
         return {"impa_align": self.beta * align, "impa_background": self.beta * background,
                 "n_impa_no_lesion": _flag(n == 0, feature)}
 

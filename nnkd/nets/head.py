@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nnkd.ops.precision import fp32
+
 POOLS = ("avg", "avgmax")
 
 
@@ -124,14 +126,21 @@ class ClassificationHead(nn.Module):
         """Global pooling over all spatial dims: ``(B, C, *spatial)`` or stage list -> ``(B, in_features)``.
         Layout: the average of every pooled stage (shallow to deep), then, with ``avgmax``, their maxima."""
         feats = [f.flatten(2) for f in self._stages(x)]
-        out = [f.mean(-1) for f in feats]
+        # float32 (accumulated, no copy of the maps): the averages differ between cases by a few
+        # percent (module docstring), about bfloat16's rounding step, and standardisation subtracts
+        # their common part
+        out = [f.mean(-1, dtype=torch.promote_types(f.dtype, torch.float32)) for f in feats]
         if self.pool_mode == "avgmax":
-            out += [f.amax(-1) for f in feats]
+            out += [fp32(f.amax(-1)) for f in feats]
         return out[0] if len(out) == 1 else torch.cat(out, 1)
 
     def classify(self, pooled: Tensor) -> Tensor:
         """``(B, in_features) -> (B, K)`` logits (standardised with the running statistics, never updating them)."""
-        return self.mlp(pooled if self.standardize is None else self.standardize(pooled))
+        # outside autocast: standardising nearly equal pooled vectors cancels all but the last bits
+        # of float16/bfloat16 (one vector per case: negligible next to the convolutions)
+        with torch.autocast(pooled.device.type, enabled=False):
+            pooled = fp32(pooled)
+            return self.mlp(pooled if self.standardize is None else self.standardize(pooled))
 
     def forward(self, x: Union[Tensor, Sequence[Tensor]]) -> Tensor:
         pooled = self.pool(x)

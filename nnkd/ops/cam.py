@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nnkd.ops.precision import fp32
+
 
 def minmax_normalise(maps: Tensor, eps: float = 1e-8) -> Tensor:
     """Per-image min-max scaling of ``(B, 1, *s)`` maps to [0, 1]; constant maps become 0."""
@@ -36,15 +38,18 @@ def grad_cam(features: Tensor, classify: Callable[[Tensor], Tensor], target: Ten
     whole network forward and backward through hooks: relation maps need it every training step,
     from features already computed.
     """
-    feats = features.detach()
-    n = feats[0, 0].numel()
-    with torch.enable_grad():
-        pooled = feats.flatten(2).mean(-1).requires_grad_(True)
-        score = classify(pooled).gather(1, target.long().view(-1, 1)).sum()
-        (grad,) = torch.autograd.grad(score, pooled)
-    alpha = (grad / n).view(*grad.shape, *([1] * (feats.ndim - 2)))
-    cam = F.relu((alpha * feats).sum(1, keepdim=True))
-    return minmax_normalise(cam)
+    # float32, outside autocast: the map is a sum of C signed products that mostly cancel, and its
+    # min-max normalisation then magnifies what float16 rounding leaves
+    with torch.autocast(features.device.type, enabled=False):
+        feats = fp32(features.detach())
+        n = feats[0, 0].numel()
+        with torch.enable_grad():
+            pooled = feats.flatten(2).mean(-1).requires_grad_(True)
+            score = fp32(classify(pooled)).gather(1, target.long().view(-1, 1)).sum()
+            (grad,) = torch.autograd.grad(score, pooled)
+        alpha = (grad.to(feats.dtype) / n).view(*grad.shape, *([1] * (feats.ndim - 2)))
+        cam = F.relu((alpha * feats).sum(1, keepdim=True))
+        return minmax_normalise(cam)
 
 
 def _offsets(spatial_dims: int, dilations: Sequence[int]) -> Tensor:
