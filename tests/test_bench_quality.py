@@ -120,7 +120,7 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
 
 
 def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
-    from nnkd.pipeline import PLANS_DIR
+    from nnkd.plan import PLANS_DIR
 
     s = C.Schedule(cases=12, test_cases=6, size=(32, 32), epochs=10, iterations=2, val_iterations=1)
     for bench in (C.UNPAIRED2D, C.LESION2D):
