@@ -298,6 +298,18 @@ def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws,
     tr.on_train_start()
     _one_epoch(tr)  # writes checkpoint_latest.pth and checkpoint_best.pth
     files = [os.path.join(tr.output_folder, f"checkpoint_{n}.pth") for n in ("best", "latest")]
+
+    # one student forward per validation step; nnU-Net's loss is that of the same output
+    calls = []
+    hook = tr.network.register_forward_hook(lambda *a: calls.append(1))
+    batch = next(tr.dataloader_val)
+    with torch.no_grad():
+        tr.on_validation_epoch_start()
+        res = tr.validation_step(batch)
+        hook.remove()
+        out = tr.network(tr.student_input(batch["data"]), return_all=True)
+    assert len(calls) == 1 and {"tp_hard", "fp_hard", "fn_hard", "cls_probs"} <= set(res)
+    assert np.isclose(res["loss"], tr.loss(out.seg, batch["target"]).item(), rtol=1e-5)
     digest = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files}
 
     def unchanged():
