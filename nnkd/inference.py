@@ -7,10 +7,14 @@ is nnU-Net's, unchanged (Gaussian-weighted tile logits, mirroring, fold averagin
 """
 from __future__ import annotations
 
-from typing import Tuple
+import os
+from typing import Callable, Iterable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
+
+from nnkd.errors import NNKDError
 
 
 class ClassProbabilityCollector(nn.Module):
@@ -68,3 +72,111 @@ def predict_case(predictor, data: torch.Tensor, ensemble: bool) -> Tuple[torch.T
     else:
         logits = predictor.predict_sliding_window_return_logits(data)
     return logits.cpu(), collector.mean()
+
+
+def class_predictor(network: nn.Module, plans_manager, configuration_manager, dataset_json: dict, trainer_name: str,
+                    mirroring_axes, device: torch.device, parameters=None):
+    """nnU-Net's sliding-window predictor around ``ClassProbabilityCollector(network)``: the one set-up
+    of ``nnkd predict`` and of the trainers' final validation. ``parameters``: per-fold state dicts to
+    ensemble (``None``: the network's current weights)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=device.type == "cuda", device=device, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(ClassProbabilityCollector(network), plans_manager, configuration_manager,
+                                    parameters, dataset_json, trainer_name, mirroring_axes)
+    return predictor
+
+
+def predict_classes(predictor, cases: Iterable[Tuple[str, torch.Tensor]], csv_path: str, class_names: List[str],
+                    labels: Optional[List[str]] = None, ensemble: bool = False,
+                    each: Optional[Callable[[str, torch.Tensor], None]] = None) -> np.ndarray:
+    """Predict every ``(case id, (C, *shape) preprocessed data)`` and write ``classification.csv``.
+
+    ``each(case, segmentation logits)`` runs after each case (segmentation export, attention maps).
+    Returns the class probabilities (N, K); the CSV is written once, after the last case.
+    """
+    from nnkd.evaluation.predictions import write_prediction_csv
+
+    ids, probs = [], []
+    with torch.no_grad():
+        for case, data in cases:
+            logits, p = predict_case(predictor, data, ensemble)
+            if each is not None:
+                each(case, logits)
+            ids.append(case)
+            probs.append(p.numpy())
+    probs = np.stack(probs)
+    write_prediction_csv(csv_path, ids, probs, class_names, labels)
+    return probs
+
+
+def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device):
+    """A :func:`class_predictor` for an nnkd model folder, every fold's weights read with
+    :func:`nnkd.checkpoints.load_checkpoint` (nnU-Net's own loader unpickles with ``weights_only=False``).
+
+    ``folds``: fold names (int or "all"), or ``None`` for every ``fold_*`` holding ``checkpoint``.
+    Raises :class:`NNKDError` listing every problem of the folder.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnkd.checkpoints import PREDICT_KEYS, load_checkpoint
+    from nnkd.nets.network import build_network
+
+    if not os.path.isdir(folder):
+        raise NNKDError(f"model folder not found: {folder}")
+    missing = [n for n in ("plans.json", "dataset.json") if not os.path.isfile(os.path.join(folder, n))]
+    if missing:
+        raise NNKDError(f"{folder} is not an nnU-Net model folder (no {' or '.join(missing)})")
+    jsons = {}
+    for name in ("plans.json", "dataset.json"):
+        try:
+            jsons[name] = load_json(os.path.join(folder, name))
+        except ValueError as e:
+            raise NNKDError(f"{os.path.join(folder, name)}: not valid JSON: {e}") from None
+    plans, dataset_json = jsons["plans.json"], jsons["dataset.json"]
+    if "network" not in plans.get("nnkd", {}):
+        raise NNKDError(f"{folder} holds no nnkd classification network (no 'nnkd' entry in plans.json); train it "
+                        f"with an nnKDTrainer* classification trainer")
+    present = sorted(d for d in os.listdir(folder) if d.startswith("fold_"))
+    if folds is None:
+        folds = [d[len("fold_"):] for d in present
+                 if d != "fold_all" and os.path.isfile(os.path.join(folder, d, checkpoint))]
+        if not folds:
+            raise NNKDError(f"{folder}: no fold_*/{checkpoint} (folds present: {', '.join(present) or 'none'})")
+    problems, checkpoints = [], []
+    for f in folds:
+        path = os.path.join(folder, f"fold_{f}", checkpoint)
+        if not os.path.isfile(path):
+            problems.append(f"checkpoint not found: {path} (folds present: {', '.join(present) or 'none'})")
+            continue
+        try:
+            checkpoints.append((path, load_checkpoint(path, PREDICT_KEYS)))
+        except NNKDError as e:
+            problems.append(str(e))
+    if problems:
+        raise NNKDError("\n  ".join([f"cannot predict with {folder}:", *problems]))
+    first = checkpoints[0][1]
+    configuration = first["init_args"].get("configuration") if isinstance(first["init_args"], dict) else None
+    pm = PlansManager(plans)
+    try:
+        cm = pm.get_configuration(configuration)
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise NNKDError(f"{checkpoints[0][0]}: configuration {configuration!r} is not in {folder}/plans.json "
+                        f"({e})") from None
+    network = build_network(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
+                            pm.get_label_manager(dataset_json).num_segmentation_heads, enable_deep_supervision=False)
+    for path, ck in checkpoints:
+        try:
+            network.load_state_dict(ck["network_weights"])  # checks every fold fits; the first stays loaded
+        except RuntimeError as e:
+            problems.append(f"{path} does not fit the network of {folder}: {str(e).strip().splitlines()[0]}")
+    if problems:
+        raise NNKDError("\n  ".join([f"cannot predict with {folder}:", *problems]))
+    network.load_state_dict(first["network_weights"])
+    return class_predictor(network, pm, cm, dataset_json, first["trainer_name"],
+                           first.get("inference_allowed_mirroring_axes"), device,
+                           [ck["network_weights"] for _, ck in checkpoints])

@@ -4,7 +4,9 @@ The format is documented in ``nnkd/plans/README.md``, next to the plans shipped 
 (``nnkd plans`` lists them). A trainer finds its plan (first match):
 
 1. ``<fold folder>/nnkd_plan.json`` when continuing (``--c``), validating (``--val``) or
-   when ``NNKD_PLAN`` is unset: the effective plan of the earlier run of this fold;
+   when ``NNKD_PLAN`` is unset: the effective plan of the earlier run of this fold (with ``--c``,
+   ``NNKD_PLAN`` may name a corrected plan that changes only the schedule, loss weights or
+   description, see :func:`resume_changes`);
 2. the file named by the environment variable ``NNKD_PLAN``, or the shipped plan of that name
    (``NNKD_PLAN=react_kd``);
 3. ``nnkd_plan.json`` in the dataset's ``nnUNet_preprocessed`` folder;
@@ -22,7 +24,8 @@ from __future__ import annotations
 import copy
 import json
 import os
-from typing import Any, Dict, Optional
+import re
+from typing import Any, Dict, List, Optional
 
 from nnkd.errors import NNKDError
 
@@ -295,9 +298,8 @@ def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
         if continuing and env is not None:
             requested = load_plan(env, defaults)
             if requested != plan:
-                raise NNKDError(
-                    f"--c continues the run in {fold_folder} with its plan {previous}, but {PLAN_ENV} names a "
-                    f"different plan ({env}). Unset {PLAN_ENV} to continue, or start a new run without --c.")
+                resume_changes(plan, requested, previous, env)  # refuses fields that may not change
+                return requested, env
         return plan, previous
     if env is not None:
         return load_plan(env, defaults), env
@@ -306,3 +308,53 @@ def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
         if os.path.isfile(candidate):
             return load_plan(candidate, defaults), candidate
     return validate_plan(copy.deepcopy(defaults or {}), "built-in defaults"), "built-in defaults"
+
+
+def _resumable(field: str) -> bool:
+    """Fields a continued run (--c) may change: step size, epochs and schedule, loss weights, description."""
+    return (field == "description" or field == "schedule" or field.startswith("schedule.")
+            or field in ("classification.weight", "classification.seg_weight")
+            or re.fullmatch(r"(losses|teachers)\[\d+\]\.weight", field) is not None)
+
+
+def plan_differences(old: Any, new: Any, field: str = "") -> List[str]:
+    """Dotted names of every field whose value differs between two effective plans."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in list(old) + [k for k in new if k not in old]:
+            sub = f"{field}.{k}" if field else str(k)
+            out += plan_differences(old.get(k, _ABSENT), new.get(k, _ABSENT), sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in plan_differences(a, b, f"{field}[{i}]")]
+    return [] if old == new else [field]
+
+
+_ABSENT = object()
+
+
+def resume_changes(old: Dict[str, Any], new: Dict[str, Any], old_source: str, new_source: str) -> List[str]:
+    """``field: old -> new`` for each change a continued run may make; :class:`NNKDError` naming every
+    other differing field (the run would otherwise continue as a different experiment)."""
+    fields = plan_differences(old, new)
+    refused = [f for f in fields if not _resumable(f)]
+    if refused:
+        raise NNKDError(
+            f"--c (or --val) continues the run trained with {old_source}, but {new_source} differs in field(s) "
+            f"that cannot change when continuing: {', '.join(refused)}. Only the schedule (schedule.initial_lr, "
+            f"schedule.num_epochs, ...), loss weights (classification.weight, classification.seg_weight, "
+            f"losses[i].weight, teachers[i].weight) and the description may change; unset {PLAN_ENV} to continue "
+            f"with the earlier plan, or start a new run without --c.")
+    return [f"{f}: {json.dumps(_get(old, f))} -> {json.dumps(_get(new, f))}" for f in fields]
+
+
+def _get(plan: Dict[str, Any], field: str) -> Any:
+    value: Any = plan
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", field):
+        if part.startswith("["):
+            value = value[int(part[1:-1])]
+        elif isinstance(value, dict):
+            value = value.get(part, _ABSENT)
+        if value is _ABSENT:
+            return None
+    return value

@@ -1,45 +1,23 @@
 """Teachers from nnU-Net model folders: safe loading, freezing, and checks against the student.
 
-Teacher checkpoints often come from another site, so they are read with
-``torch.load(weights_only=True)`` and only the few non-tensor globals nnU-Net checkpoints hold are
-allowlisted; anything else (code that would run while unpickling) is refused.
+Teacher checkpoints often come from another site, so they are read with :mod:`nnkd.checkpoints`
+(``torch.load(weights_only=True)``, nnU-Net's few non-tensor globals allowlisted): code that would
+run while unpickling, truncated, corrupt or non-checkpoint files are refused, naming the file.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from nnkd.channels import resolve_channels
+from nnkd.checkpoints import load_checkpoint as safe_load_checkpoint
 from nnkd.errors import NNKDError
 from nnkd.name_table import NameTable
-
-
-def _allowlist() -> list:
-    from numpy.dtypes import Float32DType, Float64DType
-
-    try:
-        from numpy._core.multiarray import scalar
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import scalar
-    return [torch.device, np.dtype, Float32DType, Float64DType, scalar]
-
-
-def safe_load_checkpoint(path: str) -> Dict[str, Any]:
-    """``torch.load`` with ``weights_only=True`` and nnU-Net's minimal allowlist; refuses anything else."""
-    try:
-        with torch.serialization.safe_globals(_allowlist()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise NNKDError(f"{path}: refused to load: the checkpoint holds objects outside the allowlist of "
-                        f"nnU-Net checkpoints (weights_only=True): {first}") from None
 
 
 def sha256(path: str) -> str:

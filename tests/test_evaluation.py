@@ -355,3 +355,21 @@ def test_class_absent_from_labels_gives_null_auc_not_a_crash():
     expected = np.mean([roc_auc_score(y == k, probs[:, k]) for k in (0, 1)])
     assert r["auc"]["value"] == pytest.approx(expected) and r["class_counts"]["G3"] == 0
     assert set(r["roc"]) == {"G1", "G2", "macro"}
+
+
+def test_macro_auc_matches_sklearn_and_is_nan_for_one_class():
+
+    from nnkd.evaluation.classification import macro_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 3, 40)
+    probs = rng.dirichlet(np.ones(3), 40)
+    expected = np.mean([roc_auc_score(y == c, probs[:, c]) for c in range(3)])
+    assert macro_auc(probs, y) == pytest.approx(expected, abs=1e-12)
+    two = rng.dirichlet(np.ones(2), 40)
+    yb = (rng.random(40) < 0.4).astype(int)
+    assert macro_auc(two, yb) == pytest.approx(roc_auc_score(yb, two[:, 1]), abs=1e-12)
+    y_missing = np.where(y == 2, 0, y)  # class 2 absent: mean over the two present classes
+    expected = np.mean([roc_auc_score(y_missing == c, probs[:, c]) for c in (0, 1)])
+    assert macro_auc(probs, y_missing) == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(macro_auc(probs, np.zeros(40, int)))

@@ -7,10 +7,12 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import nnkd_cli, run_cli, workspace
+from nnkd.checkpoints import TRAINER_KEYS, load_checkpoint, nonfinite_tensors
 from nnkd.pipeline import tool
 from nnkd.synthetic.plan_and_preprocess import COMMAND as PLAN_AND_PREPROCESS  # planning sized for tiny datasets
 
@@ -83,7 +85,7 @@ def test_teacher_fold_folder(teacher):
               "validation/classification_summary.json", "validation/summary.json"):
         assert os.path.isfile(os.path.join(fold, f)), f
     assert json.load(open(os.path.join(fold, "nnkd_plan.json")))["modality_dropout"]["keep"] == ["CT"]
-    ck = torch.load(os.path.join(fold, "checkpoint_final.pth"), weights_only=False)
+    ck = load_checkpoint(os.path.join(fold, "checkpoint_final.pth"), TRAINER_KEYS)  # nnU-Net's own checkpoint reads
     assert ck["nnkd"]["plan"]["name"] == "teacher" and ck["trainer_name"] == "nnKDTrainerCls"
     assert len(ck["logging"]["cls/val_auc"]) == 1 and len(ck["logging"]["cls/train_loss"]) == 1
     plans = json.load(open(os.path.join(teacher, "plans.json")))
@@ -132,15 +134,28 @@ def test_predict_refuses_bad_inputs(ws, student, teacher, tmp_path):
     shutil.copytree(images(ws, [0], "ct_only"), broken)
     first = sorted(os.listdir(broken))[0]
     (broken / first).write_bytes(b"not an image")
+    second = sorted(os.listdir(broken))[1]
+    (broken / second).write_bytes((broken / second).read_bytes()[:500])  # read zero-filled by SimpleITK
     p = nnkd_cli("predict", "-i", broken, "-o", tmp_path / "o2", "-m", student, env=ws["env"], check=False)
-    assert p.returncode == 2 and f"case {first.rsplit('_', 1)[0]}: cannot read" in p.stderr
-    assert not (tmp_path / "o2" / "classification.csv").exists()
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert f"case {first.rsplit('_', 1)[0]}: {first}: truncated or corrupt gzip stream" in p.stderr
+    assert f"case {second.rsplit('_', 1)[0]}: {second}: truncated or corrupt gzip stream" in p.stderr
+    assert not (tmp_path / "o2").exists()
+    # a truncated model checkpoint: a clear refusal naming it
+    model = tmp_path / "model"
+    shutil.copytree(student, model)
+    ckpt = model / "fold_0" / "checkpoint_final.pth"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    p = nnkd_cli("predict", "-i", images(ws, [0], "ct_only"), "-o", tmp_path / "o3", "-m", model, env=ws["env"],
+                 check=False)
+    assert p.returncode == 2 and f"{ckpt}: refused to load: the file is truncated or corrupt" in p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "o3").exists()
 
 
 def test_continue_uses_the_runs_plan(ws, student):
     other = write_plan(ws, "other", {"student": {"channels": ["CT"]}, "seed": 1})
     p = train(ws, "nnKDTrainerClsBaseline", other, "--c", check=False)
-    assert p.returncode != 0 and "different plan" in (p.stdout + p.stderr)
+    assert p.returncode != 0 and "cannot change when continuing: name, seed." in (p.stdout + p.stderr)
     p = train(ws, "nnKDTrainerClsBaseline", None, "--c")
     assert "from " + os.path.join(student, "fold_0", "nnkd_plan.json") in p.stdout
 
@@ -164,7 +179,7 @@ def test_react_student_dual_teachers(ws, teacher, tmp_path):
         {"name": "dose_aware", "model_folder": dose_teacher, "channels": ["CT"]}]})
     train(ws, "nnKDTrainerREACT", plan)
     react = model_folder(ws, "nnKDTrainerREACT")
-    ck = torch.load(os.path.join(react, "fold_0", "checkpoint_final.pth"), weights_only=False)
+    ck = load_checkpoint(os.path.join(react, "fold_0", "checkpoint_final.pth"), TRAINER_KEYS)
     logged = ck["logging"]
     for key in ("kd/logit_kd", "kd/region_graph/node", "kd/region_graph/edge", "kd/region_graph/gw"):
         assert len(logged[key]) == 1, key
@@ -242,7 +257,7 @@ def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_pat
     resumed.load_checkpoint(latest)
     assert resumed.kd_plan == tr.kd_plan and resumed.current_epoch == tr.current_epoch == 1
     assert resumed.logger.get_checkpoint() == tr.logger.get_checkpoint()
-    saved = torch.load(latest, weights_only=False)  # tr itself took a NaN step since
+    saved = load_checkpoint(latest, TRAINER_KEYS)
     a, b = saved["optimizer_state"], resumed.optimizer.state_dict()
     assert all(torch.equal(v, resumed.network.state_dict()[k]) for k, v in saved["network_weights"].items())
     assert a["param_groups"] == b["param_groups"]
@@ -298,3 +313,100 @@ def test_shipped_plan_by_name_and_paired_init_from_teacher(ws, teacher):
                                   in out)
     assert "Epoch 0" not in out
     assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerFitNet"), "fold_0", "nnkd_plan.json"))
+
+
+def _one_epoch(tr):
+    tr.on_epoch_start()
+    tr.on_train_epoch_start()
+    tr.on_train_epoch_end([tr.train_step(next(tr.dataloader_train)) for _ in range(2)])
+    with torch.no_grad():
+        tr.on_validation_epoch_start()
+        tr.on_validation_epoch_end([tr.validation_step(next(tr.dataloader_val))])
+    tr.on_epoch_end()
+
+
+def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws, monkeypatch):
+    """A NaN learning rate (as from schedule.initial_lr NaN) stops before the step; non-finite validation losses
+    and weights stop too; checkpoints on disk stay byte-identical and finite; --c with a corrected plan works."""
+    import hashlib
+
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    from nnkd.errors import NNKDError
+
+    for k, v in dict(ws["env"], **TRAIN).items():
+        monkeypatch.setenv(k, v)
+    schedule = dict(SCHEDULE, num_epochs=3, save_every=1)
+    monkeypatch.setenv("NNKD_PLAN", write_plan(ws, "lr", {"student": {"channels": ["CT"]}, "schedule": schedule}))
+    cpu = torch.device("cpu")
+    tr = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=False, device=cpu)
+    tr.on_train_start()
+    _one_epoch(tr)  # writes checkpoint_latest.pth and checkpoint_best.pth
+    files = [os.path.join(tr.output_folder, f"checkpoint_{n}.pth") for n in ("best", "latest")]
+
+    # one student forward per validation step; nnU-Net's loss is that of the same output
+    calls = []
+    hook = tr.network.register_forward_hook(lambda *a: calls.append(1))
+    batch = next(tr.dataloader_val)
+    with torch.no_grad():
+        tr.on_validation_epoch_start()
+        res = tr.validation_step(batch)
+        hook.remove()
+        out = tr.network(tr.student_input(batch["data"]), return_all=True)
+    assert len(calls) == 1 and {"tp_hard", "fp_hard", "fn_hard", "cls_probs"} <= set(res)
+    assert np.isclose(res["loss"], tr.loss(out.seg, batch["target"]).item(), rtol=1e-5)
+    digest = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files}
+
+    def unchanged():
+        assert {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in files} == digest
+        for f in files:
+            assert not nonfinite_tensors(load_checkpoint(f, TRAINER_KEYS)["optimizer_state"])
+        assert sorted(f for f in os.listdir(tr.output_folder) if f.endswith(".pth")) == \
+            ["checkpoint_best.pth", "checkpoint_latest.pth"]
+
+    # the run continued (--c) with a NaN learning rate: refused before the first step is applied
+    nan = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)
+    nan.initial_lr = float("nan")  # what schedule.initial_lr NaN sets
+    nan.load_checkpoint(files[1])
+    weights = {k: v.detach().clone() for k, v in nan.network.named_parameters()}  # buffers track batch statistics
+    with pytest.raises(NNKDError) as e:
+        nan.run_training()
+    msg = str(e.value)
+    assert "non-finite learning rate nan" in msg and "the optimizer step was not applied" in msg
+    assert "(checkpoint_best.pth, checkpoint_latest.pth) hold the last finite weights" in msg
+    assert "NNKD_PLAN=<corrected plan> and --c" in msg
+    assert all(torch.equal(v, dict(nan.network.named_parameters())[k]) for k, v in weights.items())
+    unchanged()
+
+    # non-finite weights: the validation loss is refused, and so is writing them
+    with torch.no_grad():
+        next(iter(nan.network.parameters())).fill_(float("nan"))
+        nan.on_validation_epoch_start()
+        out = [nan.validation_step(next(nan.dataloader_val))]
+    with pytest.raises(NNKDError, match="non-finite validation loss \\(cls_loss, loss\\)"):
+        nan.on_validation_epoch_end(out)
+    with pytest.raises(NNKDError, match="refused to write .*checkpoint_latest.pth: non-finite values"):
+        nan.save_checkpoint(files[1])
+    unchanged()
+    assert not [f for f in os.listdir(tr.output_folder) if f.endswith(".tmp.pth")]
+
+    # the advice works: a corrected plan changing the learning rate and epochs continues, the change logged
+    fixed = write_plan(ws, "lr", {"student": {"channels": ["CT"]}, "description": "lr fixed",
+                                  "schedule": dict(schedule, initial_lr=0.001, num_epochs=4)})
+    monkeypatch.setenv("NNKD_PLAN", fixed)
+    resumed = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)
+    resumed.load_checkpoint(files[1])
+    assert resumed.current_epoch == 1 and resumed.num_epochs == 4 and resumed.kd_plan_source == fixed
+    log = open(resumed.log_file).read()
+    assert "plan changed on continuing: schedule.initial_lr: null -> 0.001" in log
+    assert "plan changed on continuing: schedule.num_epochs: 3 -> 4" in log
+    resumed.on_train_start()
+    resumed.on_epoch_start()
+    resumed.on_train_epoch_start()
+    assert resumed.optimizer.param_groups[0]["lr"] < 0.001
+    assert np.isfinite(resumed.train_step(next(resumed.dataloader_train))["loss"])
+    # but not a different student
+    monkeypatch.setenv("NNKD_PLAN", write_plan(ws, "lr", {"student": {"channels": ["CT", "FDG"]},
+                                                          "schedule": schedule}))
+    with pytest.raises(NNKDError, match="cannot change when continuing: student.channels\\."):
+        get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)

@@ -77,7 +77,7 @@ def test_resolution_order(tmp_path, monkeypatch):
     # an earlier run of this fold: authoritative for --c and (without NNKD_PLAN) for --val
     (fold / "nnkd_plan.json").write_text(json.dumps(validate_plan({"name": "previous"})))
     assert resolve_plan(str(fold), str(pre), None, False)[0]["name"] == "env"  # fresh run: env wins
-    with pytest.raises(NNKDError, match="different plan"):
+    with pytest.raises(NNKDError, match="differs in field\\(s\\) that cannot change when continuing: name\\."):
         resolve_plan(str(fold), str(pre), None, continuing=True)
     monkeypatch.delenv(PLAN_ENV)
     assert resolve_plan(str(fold), str(pre), None, continuing=True)[0]["name"] == "previous"
@@ -143,3 +143,45 @@ def test_nnkd_plan_names_a_shipped_plan(tmp_path, monkeypatch):
     # the method comes from the trainer: focal task loss, logit KD and region-graph KD
     assert plan["classification"]["loss"] == "focal"
     assert [(loss["name"], loss["weight"]) for loss in plan["losses"]] == [("logit_kd", 0.7), ("region_graph", 1.0)]
+
+
+def test_continuing_with_a_corrected_plan(tmp_path, monkeypatch):
+    """--c accepts a plan changing only schedule and loss weights, logs each change, refuses the rest by name."""
+    from nnkd.plan import plan_differences, resume_changes
+
+    fold = tmp_path / "fold_0"
+    fold.mkdir()
+    base = {"name": "run", "schedule": {"initial_lr": 0.01, "num_epochs": 5},
+            "losses": [{"name": "logit_kd", "weight": 0.5}, {"name": "at"}],
+            "teachers": [{"name": "t", "model_folder": "/m"}]}
+    previous = fold / "nnkd_plan.json"
+    previous.write_text(json.dumps(validate_plan(base)))
+    before = previous.read_bytes()
+    corrected = json.loads(json.dumps(base))
+    corrected["schedule"] = {"initial_lr": 0.001, "num_epochs": 8, "save_every": 2}
+    corrected["losses"][0]["weight"] = 0.1
+    corrected["teachers"][0]["weight"] = 2
+    corrected["classification"] = {"weight": 0.5, "seg_weight": 0}
+    env = tmp_path / "fixed.json"
+    env.write_text(json.dumps(corrected))
+    monkeypatch.setenv(PLAN_ENV, str(env))
+    plan, src = resolve_plan(str(fold), None, None, continuing=True)
+    assert src == str(env) and plan["schedule"]["initial_lr"] == 0.001 and plan["losses"][0]["weight"] == 0.1
+    changes = resume_changes(validate_plan(base), plan, "a", "b")
+    assert "schedule.initial_lr: 0.01 -> 0.001" in changes and "losses[0].weight: 0.5 -> 0.1" in changes
+    assert "schedule.save_every: null -> 2" in changes and "classification.seg_weight: 1.0 -> 0" in changes
+    assert len(changes) == 7, changes
+
+    bad = json.loads(json.dumps(corrected))
+    bad["losses"][1]["params"] = {"p": 3}
+    bad["network"] = {"head_hidden": 64}
+    bad["student"] = {"channels": ["CT"]}
+    env.write_text(json.dumps(bad))
+    with pytest.raises(NNKDError) as e:
+        resolve_plan(str(fold), None, None, continuing=True)
+    msg = str(e.value)
+    assert str(previous) in msg and str(env) in msg
+    assert "cannot change when continuing: student.channels, network.head_hidden, losses[1].params.p." in msg
+    assert previous.read_bytes() == before
+    # a loss added or removed changes the list itself
+    assert plan_differences({"losses": [1]}, {"losses": [1, 2]}) == ["losses"]

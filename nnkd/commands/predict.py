@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from typing import Dict, List
@@ -15,20 +14,17 @@ MULTI_CHANNEL_FILE_ENDINGS = (".png", ".bmp", ".tif")
 
 
 def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) -> Dict[str, List[str]]:
-    """{case id: [file per channel]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors name the case."""
+    """{case id: [file per channel]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors name every case."""
+    from nnkd.image_check import channel_files
+
     if not os.path.isdir(folder):
         raise NNKDError(f"input folder not found: {folder}")
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
-    found: Dict[str, Dict[int, str]] = {}
-    for name in sorted(os.listdir(folder)):
-        m = pattern.match(name)
-        if m:
-            found.setdefault(m.group(1), {})[int(m.group(2))] = os.path.join(folder, name)
+    found = channel_files(folder, file_ending)
     if not found:
         raise NNKDError(f"{folder}: no images named CASE_XXXX{file_ending} (nnU-Net naming)")
     n = len(channel_names)
     expected = ", ".join(f"_{int(k):04d}={v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))
-    cases = {}
+    cases, problems = {}, []
     for case, files in found.items():
         if file_ending in MULTI_CHANNEL_FILE_ENDINGS and sorted(files) == list(range(len(files))) and len(files) <= n:
             # one natural image file holds several channels (RGB = 3): counted after reading
@@ -37,82 +33,84 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) ->
         missing = [c for c in range(n) if c not in files]
         extra = sorted(set(files) - set(range(n)))
         if missing:
-            raise NNKDError(f"case {case}: missing channel file(s) "
+            problems.append(f"case {case}: missing channel file(s) "
                             f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; "
                             f"the model reads {n} channel(s): {expected}")
-        if extra:
-            raise NNKDError(f"case {case}: wrong channel count: files for channel(s) {extra} exist but the model "
+        elif extra:
+            problems.append(f"case {case}: wrong channel count: files for channel(s) {extra} exist but the model "
                             f"reads {n} channel(s): {expected}")
-        cases[case] = [files[c] for c in range(n)]
+        else:
+            cases[case] = [files[c] for c in range(n)]
+    if problems:
+        raise NNKDError("\n  ".join(problems) if len(problems) == 1 else
+                        "\n  ".join([f"{folder}: {len(problems)} case(s) cannot be predicted:", *problems]))
     return cases
 
 
 def predict_folder(input_folder: str, output_folder: str, model_folder: str, folds=None,
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
                    save_probabilities: bool = False, progress: bool = True, save_attention: bool = False) -> str:
-    """Predict every case of ``input_folder``; returns the path of ``classification.csv``."""
+    """Predict every case of ``input_folder``; returns the path of ``classification.csv``.
+
+    The model folder's checkpoints are read without running code (:func:`nnkd.inference.load_model_folder`)
+    and every input file is checked (:func:`nnkd.image_check.check_case`) before anything is written.
+    """
     import numpy as np
     import torch
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from tqdm import tqdm
 
-    from nnkd.environment import ext_trainer_value
-    from nnkd.evaluation.predictions import write_prediction_csv
-    from nnkd.inference import ClassProbabilityCollector, predict_case
-    from nnkd.nets.network import NNKDNetwork
+    from nnkd.image_check import check_case
+    from nnkd.inference import load_model_folder, predict_classes
 
-    if not os.path.isfile(os.path.join(model_folder, "plans.json")):
-        raise NNKDError(f"{model_folder} is not an nnU-Net model folder (no plans.json)")
-    os.environ["nnUNet_extTrainer"] = ext_trainer_value()  # nnU-Net looks the trainer class up by name
-    dev = torch.device(device)
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    try:
-        predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=checkpoint)
-    except FileNotFoundError as e:
-        raise NNKDError(f"{model_folder}: {e}") from None
-    if not isinstance(predictor.network, NNKDNetwork):
-        raise NNKDError(f"{model_folder} holds no nnkd classification network "
-                        f"(trainer {predictor.trainer_name}); train it with an nnKDTrainer* classification trainer")
+    if os.path.exists(output_folder) and not os.path.isdir(output_folder):
+        raise NNKDError(f"-o {output_folder}: an existing file, not a folder; name a folder for the predictions")
+    predictor = load_model_folder(model_folder, folds, checkpoint, torch.device(device))
     class_names = predictor.plans_manager.plans["nnkd"]["class_names"]
-    predictor.network = ClassProbabilityCollector(predictor.network)
     dataset_json = predictor.dataset_json
     cases = _find_cases(input_folder, dataset_json["file_ending"], dataset_json["channel_names"])
+    problems = [p for case, files in tqdm(cases.items(), desc="nnkd predict: checking inputs", unit="case",
+                                          disable=not progress) for p in check_case(case, files)]
+    if problems:
+        raise NNKDError("\n  ".join([f"{input_folder}: {len(problems)} problem(s) in the input images; nothing "
+                                     f"was predicted:", *problems]))
     os.makedirs(output_folder, exist_ok=True)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    ids, probs = [], []
-    for case, files in tqdm(cases.items(), desc="nnkd predict", unit="case", disable=not progress):
-        try:
-            data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
-                                                   predictor.configuration_manager, dataset_json)
-        except Exception as e:  # readers raise many types; name the case
-            raise NNKDError(f"case {case}: cannot read {', '.join(map(os.path.basename, files))}: {e}") from None
-        if data.shape[0] != len(dataset_json["channel_names"]):
-            raise NNKDError(f"case {case}: wrong channel count: {', '.join(map(os.path.basename, files))} hold "
-                            f"{data.shape[0]} channel(s), the model reads {len(dataset_json['channel_names'])}: "
-                            f"{', '.join(dataset_json['channel_names'].values())}")
-        with torch.no_grad():
-            logits, p = predict_case(predictor, torch.from_numpy(np.ascontiguousarray(data)).float(), ensemble=True)
+    properties = {}
+
+    def preprocessed():
+        for case, files in tqdm(cases.items(), desc="nnkd predict", unit="case", disable=not progress):
+            try:
+                data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
+                                                       predictor.configuration_manager, dataset_json)
+            except Exception as e:  # readers raise many types; name the case
+                raise NNKDError(f"case {case}: cannot read {', '.join(map(os.path.basename, files))}: {e}") from None
+            if data.shape[0] != len(dataset_json["channel_names"]):
+                raise NNKDError(f"case {case}: wrong channel count: {', '.join(map(os.path.basename, files))} hold "
+                                f"{data.shape[0]} channel(s), the model reads {len(dataset_json['channel_names'])}: "
+                                f"{', '.join(dataset_json['channel_names'].values())}")
+            data = torch.from_numpy(np.ascontiguousarray(data)).float()
+            properties[case] = props
+            yield case, data
+            if save_attention:
+                _save_attention(predictor, data, props, os.path.join(output_folder, "attention", f"{case}_attention"))
+
+    def export(case, logits):
         with tempfile.TemporaryDirectory(dir=output_folder, prefix=".tmp_") as tmp:
             # nnU-Net's exporter writes in place; export into a temporary folder and move.
-            export_prediction_from_logits(logits, props, predictor.configuration_manager, predictor.plans_manager,
-                                          dataset_json, os.path.join(tmp, case), save_probabilities)
+            export_prediction_from_logits(logits, properties.pop(case), predictor.configuration_manager,
+                                          predictor.plans_manager, dataset_json, os.path.join(tmp, case),
+                                          save_probabilities)
             for name in os.listdir(tmp):
                 shutil.move(os.path.join(tmp, name), os.path.join(output_folder, name))
-        if save_attention:
-            _save_attention(predictor, data, props, os.path.join(output_folder, "attention", f"{case}_attention"))
-        ids.append(case)
-        probs.append(p.numpy())
+
     csv = os.path.join(output_folder, "classification.csv")
-    write_prediction_csv(csv, ids, np.stack(probs), class_names)
+    predict_classes(predictor, preprocessed(), csv, class_names, ensemble=True, each=export)
     return csv
 
 
 def _save_attention(predictor, data, props, path_without_ending: str) -> str:
-    """The case's CBAM spatial attention (fold mean) on the input grid, next to the predictions."""
-    import numpy as np
+    """``data``: the (C, *shape) preprocessed tensor. The case's CBAM spatial attention (fold mean) on the input grid, next to the predictions."""
     import torch
 
     from nnkd.attention import AttentionAsSegmentation, to_input_grid, write_map
@@ -121,8 +119,7 @@ def _save_attention(predictor, data, props, path_without_ending: str) -> str:
     predictor.network = AttentionAsSegmentation(collector.network, predictor.label_manager.num_segmentation_heads)
     try:
         with torch.no_grad():
-            att = predictor.predict_logits_from_preprocessed_data(
-                torch.from_numpy(np.ascontiguousarray(data)).float())[0].numpy()
+            att = predictor.predict_logits_from_preprocessed_data(data)[0].numpy()
     finally:
         predictor.network = collector
     return write_map(to_input_grid(att, props, predictor.plans_manager, predictor.configuration_manager),

@@ -52,6 +52,13 @@ def ovr_auc(probs: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None) -> 
     return rank_auc(np.moveaxis(scores, -1, 1), np.moveaxis(positive, -1, 1))  # (R, C)
 
 
+def macro_auc(probs: np.ndarray, y: np.ndarray) -> float:
+    """The reported AUC without interval: the positive class's for K = 2, else the mean one-vs-rest AUC
+    over the classes present in ``y``; NaN when ``y`` holds fewer than two classes."""
+    point = ovr_auc(np.asarray(probs), np.asarray(y))
+    return float(np.nanmean(point)) if np.any(np.isfinite(point)) else float("nan")
+
+
 def auc_with_ci(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str], n_bootstrap: int = 1000,
                 seed: int = 0, level: float = 0.95) -> dict:
     """Macro (or binary) AUC and per-class AUCs, each with a stratified-bootstrap percentile CI."""
@@ -63,7 +70,7 @@ def auc_with_ci(probs: np.ndarray, y: np.ndarray, class_names: Sequence[str], n_
         macro_samples = np.nanmean(samples, axis=1)
         ci = percentile_ci(samples, level)
         macro_ci = percentile_ci(macro_samples, level)
-        macro = float(np.nanmean(point))
+        macro = macro_auc(probs, y)
     return {
         "value": macro,
         "ci95": macro_ci,

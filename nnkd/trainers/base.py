@@ -18,10 +18,11 @@ from torch._dynamo import OptimizedModule
 
 import nnkd
 from nnkd.data.wait import TimedLoader
+from nnkd.checkpoints import TRAINER_KEYS, load_checkpoint, nonfinite_tensors
 from nnkd.errors import NNKDError
 from nnkd.io import torch_save, write_json
 from nnkd.channels import resolve_channels
-from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_plan
+from nnkd.plan import PLAN_FILENAME, check_registered_names, resolve_plan, resume_changes
 from nnkd.sharing import scrub_debug_json, shareable_dataset_json
 from nnkd.trainers.channels import channel_subset_dataset_class, subset_dataset_json, subset_plans
 from nnkd.trainers.progress import DATA_WAIT_KEY, NNKDLocalLogger
@@ -158,14 +159,51 @@ class nnKDTrainer(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         return super().validation_step(dict(batch, data=self.student_input(batch["data"])))
 
+    # ----------------------------------------------------------------- non-finite values
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        # Checked around every optimizer step, whichever train_step runs it: a step with a non-finite
+        # learning rate or gradient is never applied (with AMP, GradScaler skips inf steps itself).
+        optimizer.register_step_pre_hook(self._check_step_inputs)
+        optimizer.register_step_post_hook(self._check_step_result)
+        return optimizer, lr_scheduler
+
+    def _stop(self, what: str) -> NNKDError:
+        on_disk = sorted(f for f in os.listdir(self.output_folder) if f.startswith("checkpoint_") and f.endswith(".pth")) \
+            if os.path.isdir(self.output_folder) else []
+        kept = (f"The checkpoint(s) in {self.output_folder} ({', '.join(on_disk)}) hold the last finite weights "
+                f"(nnkd never writes non-finite ones)" if on_disk else f"No checkpoint was written to {self.output_folder}")
+        return NNKDError(
+            f"{what} at epoch {self.current_epoch}; training stopped. {kept}. Lower schedule.initial_lr or a loss "
+            f"weight in a corrected copy of {self.kd_plan_source} and continue with NNKD_PLAN=<corrected plan> "
+            f"and --c (the schedule and loss weights may change when continuing).")
+
     def _check_finite(self, out: dict) -> dict:
         if not np.all(np.isfinite(out["loss"])):
             terms = {k: float(np.mean(v)) for k, v in out.items() if np.ndim(v) == 0}
-            raise NNKDError(
-                f"non-finite training loss at epoch {self.current_epoch} ({terms}); training stopped. "
-                f"The last good checkpoint in {self.output_folder} is intact; lower the learning rate "
-                f"(schedule.initial_lr) or a loss weight in {self.kd_plan_source} and continue with --c.")
+            raise self._stop(f"non-finite training loss ({terms})")
         return out
+
+    def _check_step_inputs(self, optimizer, args, kwargs) -> None:
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        if not np.all(np.isfinite(lrs)):
+            raise self._stop(f"non-finite learning rate {lrs[0]} (schedule.initial_lr {self.initial_lr}); the "
+                             f"optimizer step was not applied")
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # one fused norm per tensor (as clip_grad_norm_ computes them), one device sync
+        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+            raise self._stop("non-finite gradients; the optimizer step was not applied")
+
+    def _check_step_result(self, optimizer, args, kwargs) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
+            raise self._stop("the optimizer step made weights non-finite (overflow); they are not saved")
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        bad = {k for o in val_outputs for k, v in o.items() if k.endswith("loss") and not np.all(np.isfinite(v))}
+        if bad:
+            raise self._stop(f"non-finite validation loss ({', '.join(sorted(bad))})")
+        super().on_validation_epoch_end(val_outputs)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         full = self.dataset_class
@@ -222,7 +260,8 @@ class nnKDTrainer(nnUNetTrainer):
 
     def save_checkpoint(self, filename: str) -> None:
         # Same fields as nnU-Net's checkpoint (so its loader and predictor read it), written to a
-        # temporary file and renamed, plus the nnkd entry.
+        # temporary file and renamed, plus the nnkd entry. Non-finite weights or optimizer state
+        # are never written: the earlier file stays as it was.
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -240,18 +279,53 @@ class nnKDTrainer(nnUNetTrainer):
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "nnkd": self.nnkd_checkpoint_entry(),
         }
+        bad = nonfinite_tensors(checkpoint["network_weights"], "network_weights") + \
+            nonfinite_tensors(checkpoint["optimizer_state"], "optimizer_state")
+        if bad:
+            raise self._stop(f"refused to write {filename}: non-finite values in {len(bad)} entries "
+                             f"({', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''})")
         torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's trainer state (``--c``, ``--val``, ``--val_best``) from a checkpoint read by
+        :func:`nnkd.checkpoints.load_checkpoint` (``weights_only=True``: never runs code in the file).
+
+        Replaces nnU-Net's loader, which unpickles with ``weights_only=False``; restores the same
+        fields. A plan that differs from the checkpoint's may change only what :func:`nnkd.plan.resume_changes`
+        allows; each change is logged.
+        """
         if not isinstance(filename_or_checkpoint, str):
-            # nnU-Net 2.8.1's load_checkpoint only works with a file name.
             raise TypeError("nnKDTrainer.load_checkpoint expects a checkpoint file name")
-        # This trainer's own checkpoint: nnU-Net reads it with weights_only=False too.
-        entry = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False).get("nnkd")
+        path = filename_or_checkpoint
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = load_checkpoint(path, TRAINER_KEYS)
+        bad = nonfinite_tensors(checkpoint["optimizer_state"], "optimizer_state")
+        if bad:
+            raise NNKDError(f"{path}: refused to load: non-finite optimizer state ({', '.join(bad[:5])})")
+        entry = checkpoint.get("nnkd")
         if entry is not None and entry["plan"] != self.kd_plan:
-            raise NNKDError(f"{filename_or_checkpoint} was trained with plan '{entry['plan']['name']}' "
-                            f"({entry.get('plan_source')}), not with {self.kd_plan_source}")
-        super().load_checkpoint(filename_or_checkpoint)
+            earlier = f"{path} (plan '{entry['plan'].get('name')}' from {entry.get('plan_source')})"
+            for change in resume_changes(entry["plan"], self.kd_plan, earlier, self.kd_plan_source):
+                self.print_to_log_file(f"plan changed on continuing: {change}")
+        network = self._bare_network()
+        own = network.state_dict().keys()
+        weights = {k[len("module."):] if k not in own and k.startswith("module.") else k: v
+                   for k, v in checkpoint["network_weights"].items()}  # saved from a DDP-wrapped network
+        try:
+            network.load_state_dict(weights)
+            self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise NNKDError(f"{path}: does not fit this trainer's network or optimizer: "
+                            f"{str(e).strip().splitlines()[0]}") from None
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self.logger.local_logger.add_keys([DATA_WAIT_KEY, *self.extra_log_keys()])
         if entry is not None:
             self.restore_nnkd_checkpoint_entry(entry)

@@ -12,13 +12,13 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
-from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, distributed as dist
 
 from nnkd.errors import NNKDError
 from nnkd.hooks import build_loss, lookup
-from nnkd.inference import ClassProbabilityCollector, predict_case
+from nnkd.evaluation.classification import macro_auc
+from nnkd.inference import class_predictor, predict_classes
 from nnkd.labels import case_labels
 from nnkd.nets.network import build_network
 from nnkd.trainers.base import nnKDTrainer
@@ -165,6 +165,9 @@ class nnKDTrainerCls(nnKDTrainer):
             out = self.forward_student(b)
             terms = self.compute_losses(out, b)
             loss = sum(v for k, v in terms.items() if not k.startswith("n_"))
+        result = {"loss": loss.detach().cpu().numpy()}
+        result.update({f"term/{k}": v.detach().float().cpu().numpy() for k, v in terms.items()})
+        self._check_finite(result)  # before backward: a non-finite loss never reaches the weights
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -175,10 +178,8 @@ class nnKDTrainerCls(nnKDTrainer):
         else:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 12)
-            self.optimizer.step()
-        result = {"loss": loss.detach().cpu().numpy()}
-        result.update({f"term/{k}": v.detach().float().cpu().numpy() for k, v in terms.items()})
-        return self._check_finite(result)
+            self.optimizer.step()  # nnKDTrainer's step hooks refuse non-finite learning rates and gradients
+        return result
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -200,11 +201,17 @@ class nnKDTrainerCls(nnKDTrainer):
 
     # ----------------------------------------------------------------- validation
     def validation_step(self, batch: dict) -> dict:
-        result = super().validation_step(batch)  # nnU-Net's seg loss and pseudo-dice
         b = self.make_batch(batch)
         with self._autocast():
             out = self.forward_student(b)
             cls_loss = self.cls_loss(out, [], b)
+        # nnU-Net's seg loss and pseudo-Dice, computed by its own validation_step on this same forward
+        # pass (the student runs once per step): its network call returns the segmentation output.
+        network, self.network = self.network, _Replay(out.seg)
+        try:
+            result = super().validation_step(dict(batch, data=b["data"], target=b["seg_target_ds"]))
+        finally:
+            self.network = network
         result.update(cls_loss=cls_loss.detach().float().cpu().numpy(),
                       cls_probs=torch.softmax(out.logits.float(), 1).cpu().numpy(),
                       cls_target=b["class_target"].cpu().numpy())
@@ -221,7 +228,7 @@ class nnKDTrainerCls(nnKDTrainer):
             probs = np.concatenate([g[0] for g in gathered])
             target = np.concatenate([g[1] for g in gathered])
             loss = float(np.mean([g[2] for g in gathered]))
-        auc = _auc(target, probs)
+        auc = macro_auc(probs, target)
         e = self.current_epoch
         self.logger.log(CLS_PREFIX + "val_loss", float(loss), e)
         self.logger.log(CLS_PREFIX + "val_acc", float(np.mean(probs.argmax(1) == target)), e)
@@ -262,45 +269,35 @@ class nnKDTrainerCls(nnKDTrainer):
         super().perform_actual_validation(save_probabilities)
         if self.local_rank != 0:
             return
-        from nnkd.evaluation.predictions import write_prediction_csv
         from nnkd.evaluation.report import write_classification_summary
 
         self.set_deep_supervision_enabled(False)
         self.network.eval()
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
-        predictor.manual_initialization(ClassProbabilityCollector(self._bare_network()), self.plans_manager,
-                                        self.configuration_manager, None, self.dataset_json,
-                                        self.__class__.__name__, self.inference_allowed_mirroring_axes)
+        predictor = class_predictor(self._bare_network(), self.plans_manager, self.configuration_manager,
+                                    self.dataset_json, self.__class__.__name__, self.inference_allowed_mirroring_axes,
+                                    self.device)
         _, val_keys = self.do_split()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys,
                                      folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-        probs = []
-        with torch.no_grad():
-            for k in dataset.identifiers:
-                data = torch.from_numpy(np.asarray(dataset.load_case(k)[0][:])[self.input_channels]).float()
-                probs.append(predict_case(predictor, data, ensemble=False)[1].numpy())
+        cases = ((k, torch.from_numpy(np.asarray(dataset.load_case(k)[0][:])[self.input_channels]).float())
+                 for k in dataset.identifiers)
         folder = os.path.join(self.output_folder, "validation")
         labels = [self.class_names[self.case_to_class[k]] for k in dataset.identifiers]
         csv = os.path.join(folder, "classification.csv")
-        write_prediction_csv(csv, list(dataset.identifiers), np.stack(probs), self.class_names, labels)
+        probs = predict_classes(predictor, cases, csv, self.class_names, labels)
         summary = write_classification_summary(csv, os.path.join(folder, "classification_summary.json"))
         self.print_to_log_file(f"classification on {len(probs)} validation cases: {summary}")
         self.set_deep_supervision_enabled(True)
 
 
-def _auc(target: np.ndarray, probs: np.ndarray) -> float:
-    """Macro one-vs-rest AUC of a validation epoch; NaN when only one class was drawn."""
-    from sklearn.metrics import roc_auc_score
+class _Replay:
+    """Stands in for the network in nnU-Net's validation_step: returns an output already computed."""
 
-    present = np.unique(target)
-    if len(present) < 2:
-        return float("nan")
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(target, probs[:, 1]))
-    scores = [roc_auc_score(target == c, probs[:, c]) for c in present]
-    return float(np.mean(scores))
+    def __init__(self, output):
+        self.output = output
+
+    def __call__(self, data):
+        return self.output
 
 
 class nnKDTrainerClsBaseline(nnKDTrainerCls):

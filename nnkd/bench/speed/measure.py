@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import statistics
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -87,16 +88,35 @@ def _load_or_make_batches(trainer, path: str, n: int) -> list:
     from nnkd.io import torch_save
 
     loader, val = trainer.get_dataloaders()
-    batches = torch.load(path, weights_only=False) if os.path.isfile(path) else []
+    batches = []
+    if os.path.isfile(path):
+        try:  # tensors, lists and strings only: read without unpickling code
+            batches = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError):
+            print(f"{PROGRESS}{path}: unreadable batch cache, fetching the batches again", flush=True)
     if len(batches) < n:
         print(f"{PROGRESS}pre-fetching {n} batches from {type(trainer).__name__}'s training data loader", flush=True)
-        batches = [next(loader) for _ in range(n)]
+        batches = [_plain(next(loader)) for _ in range(n)]
         torch_save(batches, path)
     for dl in (loader, val):
         if hasattr(dl, "_finish"):
             dl._finish()
     return batches[:n]
 
+
+
+def _plain(x):
+    """A batch as tensors, lists and strings (numpy key arrays become lists) for a weights_only cache."""
+    import numpy as np
+    import torch
+
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist() if x.dtype.kind in "USO" else torch.from_numpy(x)
+    return x
 
 def _leaf_outputs(out):
     """The student's outputs cut from its graph: tensors detached, features and logits new leaves."""
