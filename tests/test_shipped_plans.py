@@ -41,7 +41,7 @@ def test_shipped_plan_repeats_nothing_its_trainer_sets(name):
 
 
 def test_quality_benchmark_trains_each_plan_with_a_trainer_it_names():
-    from nnkd.bench.quality import BENCHMARKS
+    from nnkd.bench.catalogue import BENCHMARKS
 
     for bench in BENCHMARKS.values():
         for m in bench.methods:
@@ -49,7 +49,8 @@ def test_quality_benchmark_trains_each_plan_with_a_trainer_it_names():
 
 
 def test_quality_method_plan_carries_the_trainers_losses():
-    from nnkd.bench.quality import UNPAIRED2D, method_plan
+    from nnkd.bench.catalogue import UNPAIRED2D
+    from nnkd.bench.quality import method_plan
 
     m = next(m for m in UNPAIRED2D.methods if m.key == "pro_only")
     sched = UNPAIRED2D.quick
