@@ -25,7 +25,6 @@ from collections import Counter
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from nnkd.errors import NNKDError
-from nnkd.io import atomic_path
 
 NNKD_KEY = "nnkd"
 CSV_COLUMNS = ("case_id", "label")

@@ -2,6 +2,7 @@
 killed `nnkd dataset from-images`: each refusal names the offenders and changes no file."""
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -84,7 +85,6 @@ def test_control_and_invisible_characters_are_refused(env, tmp_path, bad, shown)
 @pytest.mark.parametrize("bad", ["=HYPERLINK(\"http://x\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)"])
 def test_spreadsheet_formulas_are_refused(env, tmp_path, bad):
     path = tmp_path / "labels.csv"
-    import csv
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["case_id", "label"])

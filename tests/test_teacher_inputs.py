@@ -3,7 +3,6 @@ sha256 pin, and clear refusals for broken model folders; nothing is written by a
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 
 import pytest
