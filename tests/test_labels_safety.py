@@ -191,8 +191,9 @@ def test_stale_staging_folders_are_removed_and_reported(tmp_path, monkeypatch):
     stale = raw / ".Dataset020_Old.k2j3h.staging"
     (stale / "imagesTr").mkdir(parents=True)
     (stale / "imagesTr" / "a_0000.png").write_bytes(b"half")
-    stale_old = raw / ".Dataset021_Prev.x1.staging.old"
+    stale_old = raw / ".Dataset021_Prev.x1.staging.old"  # garbage: Dataset021_Prev is in place
     stale_old.mkdir()
+    (raw / "Dataset021_Prev").mkdir()
     busy = raw / ".Dataset022_Busy.q9.staging"  # a build that is still running holds its flock
     busy.mkdir()
     other = raw / ".not_ours"
@@ -210,8 +211,27 @@ def test_stale_staging_folders_are_removed_and_reported(tmp_path, monkeypatch):
         out = F.from_images(str(images), str(tmp_path / "l.csv"), 24, "New", progress=lines.append)
     finally:
         os.close(busy_fd)
-    assert sorted(os.listdir(raw)) == sorted([busy.name, other.name, "Dataset024_New"])
+    assert sorted(os.listdir(raw)) == sorted([busy.name, other.name, "Dataset021_Prev", "Dataset024_New"])
     assert out.folder == str(raw / "Dataset024_New")
     removed = [line for line in lines if line.startswith("removed ")]
     assert removed == [f"removed {p}: a staging folder left behind by an interrupted dataset build"
                        for p in (stale, stale_old)]
+
+
+def test_an_old_dataset_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path, monkeypatch):
+    from nnkd.synthetic.rawdataset import remove_stale_staging
+
+    raw = tmp_path / "nnUNet_raw"
+    raw.mkdir()
+    aside = raw / ".Dataset030_Kept.ab12.staging.old"  # the old dataset, its replacement never moved in
+    (aside / "imagesTr").mkdir(parents=True)
+    (aside / "dataset.json").write_text("{}")
+    garbage = raw / ".Dataset031_Done.cd34.staging.old"  # the new dataset is in place: the old copy is garbage
+    garbage.mkdir()
+    (raw / "Dataset031_Done").mkdir()
+    lines = []
+    assert remove_stale_staging(str(raw), lines.append) == [str(garbage)]
+    assert sorted(os.listdir(raw)) == ["Dataset030_Kept", "Dataset031_Done"]
+    assert (raw / "Dataset030_Kept" / "dataset.json").read_text() == "{}"
+    assert lines[0] == (f"restored {raw / 'Dataset030_Kept'} from {aside}: an interrupted --overwrite had moved it "
+                        f"aside")

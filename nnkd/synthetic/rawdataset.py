@@ -121,8 +121,9 @@ def _root_lock(root: str) -> Iterator[None]:
 def remove_stale_staging(root: str, notify: Callable[[str], None] | None = None) -> list[str]:
     """Remove the hidden staging folders (``.DatasetNNN_Name.*.staging`` and their ``.old`` copies of
     a replaced dataset) that a killed run left in ``root``; returns their paths. A folder whose
-    build is still running is kept: its writer holds an ``flock`` on it. ``notify`` gets one line
-    per removed folder."""
+    build is still running is kept: its writer holds an ``flock`` on it. An ``.old`` copy whose
+    dataset is missing (killed between the two renames of ``--overwrite``) is renamed back instead.
+    ``notify`` gets one line per removed or restored folder."""
     removed = []
     with _root_lock(root):
         for entry in sorted(os.scandir(root), key=lambda e: e.name):
@@ -135,6 +136,13 @@ def remove_stale_staging(root: str, notify: Callable[[str], None] | None = None)
                 continue  # another nnkd is building it right now
             finally:
                 os.close(fd)
+            target = os.path.join(root, entry.name[1:].split(".")[0])  # dataset names hold no dots
+            if entry.name.endswith(".old") and not os.path.exists(target):
+                # killed between moving the old dataset aside and moving the new one in: put it back
+                os.replace(entry.path, target)
+                if notify is not None:
+                    notify(f"restored {target} from {entry.path}: an interrupted --overwrite had moved it aside")
+                continue
             shutil.rmtree(entry.path, ignore_errors=True)
             removed.append(entry.path)
             if notify is not None:
