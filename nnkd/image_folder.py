@@ -2,7 +2,7 @@
 (``nnkd dataset from-images``).
 
 Input: IMAGES_DIR with one image per case (png, jpg/jpeg, bmp, tif/tiff; case id = file stem),
-a label CSV with the columns ``case_id,label`` (read by :func:`nnkd.labels.read_label_csv`) and,
+a label CSV with the columns ``case_id,label`` (read by :func:`nnkd.labels.parse_label_csv`) and,
 optionally, MASKS_DIR with one lossless mask per image under the same stem. Output:
 ``$nnUNet_raw/DatasetNNN_NAME`` with ``imagesTr/<case>_0000.png`` (8-bit RGB for nnU-Net's
 natural-image reader ``NaturalImage2DIO``: grey images become 3 equal channels, alpha is dropped,
@@ -39,8 +39,8 @@ import numpy as np
 import nnkd
 from nnkd.errors import NNKDError
 from nnkd.io import write_json
-from nnkd.labels import NNKD_KEY, NO_LESION_MASKS, natural_key, read_label_csv
-from nnkd.synthetic.rawdataset import (DatasetSpec, staged_datasets, write_case,
+from nnkd.labels import NNKD_KEY, NO_LESION_MASKS, natural_key, parse_label_csv
+from nnkd.synthetic.rawdataset import (DatasetSpec, print_notice, staged_datasets, write_case,
                                        write_dataset_json)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -108,13 +108,13 @@ def case_identifier(stem: str) -> str:
 def survey(images_dir: str, labels_csv: str, masks_dir: str | None = None) -> Survey:
     """Match image files, label rows and masks by file stem; every mismatch is a problem line.
 
-    NNKDError at once only for a missing folder, an IMAGES_DIR without image files, or a malformed
-    label CSV (read_label_csv lists its bad lines)."""
-    rows = read_label_csv(labels_csv)
+    NNKDError at once only for a missing folder, an IMAGES_DIR without image files, or a label CSV
+    without its header (bad rows of the CSV are problem lines, see parse_label_csv)."""
+    rows, csv_problems = parse_label_csv(labels_csv)
     images, ignored = list_images(images_dir, "image")
     if not images:
         raise NNKDError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}")
-    problems = _several(images_dir, images, "images")
+    problems = [f"{labels_csv} {p}" for p in csv_problems] + _several(images_dir, images, "images")
     labelled = {r.case_id: r for r in rows}
     for stem, names in images.items():
         if stem not in labelled:
@@ -304,7 +304,7 @@ def from_images(images_dir: str, labels_csv: str, dataset_id: int, name: str, ma
     spec = DatasetSpec(dataset_id, name, CHANNELS, IMAGE_LABELS, class_names, ".png",
                        _description(images_dir, len(found.cases), masks_dir),
                        extra={} if masks_dir else {NNKD_KEY: dict(NO_LESION_MASKS)})
-    with staged_datasets([spec], overwrite) as (stage,):
+    with staged_datasets([spec], overwrite, progress or print_notice) as (stage,):
         values, problems = convert_cases(found.cases, None if found.problems else stage.folder, spec, progress)
         labels, label_problems = mask_labels(values) if masks_dir else (IMAGE_LABELS, [])
         _refuse(found.problems + problems or label_problems, images_dir, spec)  # value gaps only once all masks read

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import re
 import shutil
+import tempfile
+import time
+import unicodedata
 from collections import Counter
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from nnkd.dataset_folders import PREPROCESSED, RAW, dataset_folder, root, training_case_ids
 from nnkd.dataset_folders import dataset_name as find_dataset
 from nnkd.errors import NNKDError
-from nnkd.io import atomic_path
 
 NNKD_KEY = "nnkd"
 CSV_COLUMNS = ("case_id", "label")
@@ -78,11 +81,24 @@ def load_json(path: str) -> dict:
 
 
 def read_label_csv(path: str) -> list[LabelRow]:
-    """Rows of a ``case_id,label`` CSV, stripped of surrounding whitespace; blank lines skipped.
+    """Rows of a ``case_id,label`` CSV (see :func:`parse_label_csv`); NNKDError listing every
+    offending line when anything is wrong."""
+    rows, problems = parse_label_csv(path)
+    if problems:
+        raise NNKDError(_problem_message(f"{path} is malformed", problems))
+    return rows
 
-    Refuses (NNKDError listing every offending line) a missing or empty file, a header without
-    both columns, rows with a different number of fields than the header, blank ids or labels,
-    and case ids given more than once.
+
+def parse_label_csv(path: str) -> tuple[list[LabelRow], list[str]]:
+    """(rows, problems) of a ``case_id,label`` CSV: values stripped of surrounding whitespace, blank
+    lines skipped, one problem line per offending row so that a caller can refuse them together with
+    its own findings.
+
+    NNKDError at once for a missing or empty file, or a header without both columns (or naming
+    one twice). Problems: rows with a different number of fields than the header, blank ids or
+    labels, values holding control or invisible format characters, values a spreadsheet would run
+    as a formula (starting with ``=``, ``+``, ``-``, ``@``; plain numbers such as ``-1`` excepted),
+    case ids given more than once, and a file whose rows all have one class.
     """
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: spreadsheet exports start with a BOM
@@ -100,6 +116,11 @@ def read_label_csv(path: str) -> list[LabelRow]:
     if missing:
         raise NNKDError(f"{path}: the header must name the columns 'case_id' and 'label' (exactly these names); "
                         f"found {','.join(header)!r}, missing {', '.join(missing)}")
+    twice = [f"'{c}' (columns {', '.join(str(i + 1) for i, h in enumerate(header) if h == c)})"
+             for c in CSV_COLUMNS if header.count(c) > 1]
+    if twice:
+        raise NNKDError(f"{path}: the header names the column {' and '.join(twice)} more than once; which one "
+                        f"holds the values is ambiguous: rename or remove the others")
     i_case, i_label = header.index("case_id"), header.index("label")
     if not records:
         raise NNKDError(f"{path} has a header but no rows")
@@ -114,6 +135,10 @@ def read_label_csv(path: str) -> list[LabelRow]:
         if blank:
             problems.append(f"line {line}: blank {' and '.join(blank)}")
             continue
+        unsafe = [p for column, value in (("case_id", case), ("label", label)) for p in _unsafe(column, value)]
+        if unsafe:
+            problems.extend(f"line {line}: {p}" for p in unsafe)
+            continue
         rows.append(LabelRow(line, case, label))
     lines_of: dict[str, list[int]] = {}
     for r in rows:
@@ -122,9 +147,29 @@ def read_label_csv(path: str) -> list[LabelRow]:
     if duplicates:
         problems.append("case ids given more than once: " + ", ".join(
             f"{c} (lines {', '.join(map(str, lines))})" for c, lines in duplicates.items()))
-    if problems:
-        raise NNKDError(_problem_message(f"{path} is malformed", problems))
-    return rows
+    classes = {r.label for r in rows}
+    if len(classes) == 1:
+        problems.append(f"every row has the label {next(iter(classes))!r}: classification needs cases of at "
+                        f"least two classes")
+    return rows, problems
+
+
+FORMULA_START = ("=", "+", "-", "@")  # what spreadsheets evaluate (CSV / formula injection)
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _unsafe(column: str, value: str) -> list[str]:
+    """Why ``value`` cannot be a case id or class name: control or invisible format characters (a
+    NUL byte would become part of a class name), or a spreadsheet formula. Empty when it is fine."""
+    out = []
+    hidden = sorted({ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf")})
+    if hidden:
+        out.append(f"{column} {value!r} holds control or invisible character(s) "
+                   + ", ".join(f"U+{ord(ch):04X}" for ch in hidden))
+    if value.startswith(FORMULA_START) and not _PLAIN_NUMBER.fullmatch(value):
+        out.append(f"{column} {value!r} starts with {value[0]!r}, which spreadsheets run as a formula when "
+                   f"the CSVs nnkd writes are opened: rename it")
+    return out
 
 
 def _problem_message(title: str, problems: Sequence[str]) -> str:
@@ -142,17 +187,18 @@ def _check_class_names(class_names: Sequence[str], where: str) -> list[str]:
 
 
 def validate_labels(rows: Sequence[LabelRow], case_ids: Iterable[str], class_names: Sequence[str] | None,
-                    source: str, dataset_name: str) -> tuple[list[str], dict[str, str]]:
+                    source: str, dataset_name: str, problems: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
     """Check parsed rows against a dataset's training cases; returns (class names, {case: label}).
 
     Without ``class_names`` the classes are the distinct labels in natural-sort order. Refuses,
-    listing every offender: ids that are not training cases, training cases without a label,
+    listing every offender together with ``problems`` already found in the file
+    (:func:`parse_label_csv`): ids that are not training cases, training cases without a label,
     labels outside ``class_names``.
     """
     case_ids = list(case_ids)
     known = set(case_ids)
     labelled = {r.case_id for r in rows}
-    problems = []
+    problems = list(problems)
     unknown = [r for r in rows if r.case_id not in known]
     if unknown:
         problems.append(f"case ids that are not training cases of {dataset_name}: "
@@ -195,32 +241,114 @@ def with_case_labels(dataset_json: Mapping, class_names: Sequence[str], labels: 
 
 def write_dataset_jsons(documents: Mapping[str, Mapping]) -> None:
     """Write several dataset.json files all-or-nothing: every temporary file is written before the
-    first rename, so a failure leaves each target byte-identical."""
+    first rename, and when a later rename fails the files already replaced get their previous
+    bytes back, so a failure leaves each target byte-identical."""
     texts = {path: json.dumps(doc, indent=JSON_INDENT) + "\n" for path, doc in documents.items()}
-    with contextlib.ExitStack() as stack:
+    before = {path: _read_bytes(path) for path in texts}
+    temporary: dict[str, str] = {}
+    try:
         for path, text in texts.items():
-            tmp = stack.enter_context(atomic_path(path))
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(text)
-            if os.path.exists(path):
-                shutil.copymode(path, tmp)  # the temporary file is private; keep the original's mode
+            temporary[path] = _temporary_copy(path, text.encode("utf-8"))
+        replaced = []
+        try:
+            for path, tmp in temporary.items():
+                os.replace(tmp, path)
+                replaced.append(path)
+        except BaseException:
+            for path in replaced:  # roll back: the earlier files get their old content again
+                if before[path] is None:
+                    os.remove(path)
+                else:
+                    os.replace(_temporary_copy(path, before[path]), path)
+            raise
+    finally:
+        for tmp in temporary.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
 
 
-def import_labels(dataset: str, csv_path: str, class_names: list[str] | None = None) -> dict:
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _temporary_copy(path: str, data: bytes) -> str:
+    """A temporary sibling of ``path`` holding ``data``, with ``path``'s mode when it exists."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.json",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        if os.path.exists(path):
+            shutil.copymode(path, tmp)  # the temporary file is private; keep the original's mode
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+    except BaseException:
+        os.remove(tmp)
+        raise
+    return tmp
+
+
+LOCK_FILE = ".nnkd_labels.lock"  # in the raw dataset folder; nnU-Net ignores it
+LOCK_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def dataset_lock(raw_folder: str, timeout: float = LOCK_TIMEOUT_S, on_wait=None):
+    """Hold an exclusive lock (``fcntl.flock`` on ``raw_folder``/LOCK_FILE) while a dataset's labels
+    are read and rewritten, so that concurrent imports cannot interleave their raw and
+    preprocessed writes. Waits up to ``timeout`` seconds (calling ``on_wait(message)`` once), then
+    refuses. The lock file stays: removing it would let a waiting process lock a deleted file."""
+    path = os.path.join(raw_folder, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise NNKDError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise NNKDError(f"refusing to import: another `nnkd labels import` holds the lock {path} "
+                                    f"(waited {timeout:g} s); nothing was written. Run it again when the other "
+                                    f"import has finished") from None
+                if on_wait is not None:
+                    on_wait(f"waiting for another `nnkd labels import` of this dataset to finish (lock {path}) ...")
+                    on_wait = None
+                time.sleep(0.05)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def import_labels(dataset: str, csv_path: str, class_names: list[str] | None = None,
+                  lock_timeout: float = LOCK_TIMEOUT_S, on_wait=None) -> dict:
     """Import a ``case_id,label`` CSV into the dataset.json of a dataset (raw, and preprocessed when
     it exists); returns the written ``nnkd`` entry.
 
     Class indices follow ``class_names`` when given, else the distinct labels in natural-sort
     order ("G2" before "G10"). Every training case needs exactly one label. Everything is
-    validated before anything is written; a refused import leaves every file untouched.
+    validated before anything is written, and one refusal lists every problem; a refused import
+    leaves every file untouched. The dataset.json files are read and written under
+    :func:`dataset_lock`, both or neither.
     """
     name = find_dataset(dataset)
     paths = dataset_json_paths(name)
-    rows = read_label_csv(csv_path)
+    rows, problems = parse_label_csv(csv_path)
     names, labels = validate_labels(rows, training_case_ids(os.path.dirname(paths[0])), class_names,
-                                    csv_path, name)
-    documents = {p: with_case_labels(load_json(p), names, labels) for p in paths}
-    write_dataset_jsons(documents)
+                                    csv_path, name, problems)
+    with dataset_lock(os.path.dirname(paths[0]), lock_timeout, on_wait):
+        paths = dataset_json_paths(name)  # the preprocessed copy may have appeared meanwhile
+        documents = {p: with_case_labels(load_json(p), names, labels) for p in paths}
+        write_dataset_jsons(documents)
     return documents[paths[0]][NNKD_KEY]
 
 

@@ -21,12 +21,15 @@ trainer(s) a plan is for; another trainer refuses it before training.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional
 
+from nnkd import strict_json
 from nnkd.errors import NNKDError
 
 PLAN_ENV = "NNKD_PLAN"
@@ -56,7 +59,7 @@ MODALITY_DROPOUT_DEFAULTS = {"p": 0.3, "keep": [], "droppable": None, "fill": 0.
 TEACHER_DEFAULTS = {
     "name": None, "loader": "nnunet", "model_folder": None, "fold": 0,
     "checkpoint": "checkpoint_final.pth", "channels": None, "paired": True, "dataset": None,
-    "weight": 1.0,
+    "weight": 1.0, "sha256": None, "channel_map": None,
 }
 LOSS_DEFAULTS = {"name": None, "weight": 1.0, "params": {}}
 SCHEDULE_KEYS = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
@@ -65,17 +68,53 @@ SELECT_BEST = ("ema_dice", "auc")
 INIT_FROM_TEACHER = (False, True, "auto")
 
 
+class FieldError(NNKDError):
+    """One bad plan field; :class:`Problems` collects them so that a refusal lists every one."""
+
+    def __init__(self, field: str, msg: str, source: str):
+        super().__init__(f"{source}: field '{field}': {msg}")
+        self.field, self.msg = field, msg
+
+
+class Problems:
+    """Every bad field of one plan: ``with problems.check():`` blocks record their first
+    :class:`FieldError` and go on; :meth:`refuse` raises one NNKDError listing them all."""
+
+    def __init__(self, source: str, found: Optional[List[tuple]] = None):
+        self.source, self.items = source, []
+        for field, msg in found or []:
+            self.add(field, msg)
+
+    def add(self, field: str, msg: str) -> None:
+        if (field, msg) not in self.items:
+            self.items.append((field, msg))
+
+    @contextlib.contextmanager
+    def check(self):
+        try:
+            yield
+        except FieldError as e:
+            self.add(e.field, e.msg)
+
+    def refuse(self) -> None:
+        if self.items:
+            raise NNKDError(strict_json.format_problems(self.source, self.items))
+
+
 def _fail(field: str, msg: str, source: str) -> None:
-    raise NNKDError(f"{source}: field '{field}': {msg}")
+    raise FieldError(field, msg, source)
 
 
-def _check_keys(obj: Any, allowed, field: str, source: str) -> None:
+def _check_keys(obj: Any, allowed, field: str, source: str, problems: Optional[Problems] = None) -> None:
+    """Fail unless ``obj`` is an object; unknown keys are recorded in ``problems`` (each one), or
+    fail at the first without it."""
     if not isinstance(obj, dict):
         _fail(field, f"must be an object, got {type(obj).__name__}", source)
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        _fail(f"{field}.{unknown[0]}" if field else unknown[0],
-              f"unknown key (known: {', '.join(sorted(allowed))})", source)
+    for key in sorted(set(obj) - set(allowed)):
+        where, msg = f"{field}.{key}" if field else key, f"unknown key (known: {', '.join(sorted(allowed))})"
+        if problems is None:
+            _fail(where, msg, source)
+        problems.add(where, msg)
 
 
 def _merge(defaults: Dict[str, Any], given: Dict[str, Any]) -> Dict[str, Any]:
@@ -91,6 +130,15 @@ def _typed(value: Any, types, field: str, source: str, allow_none: bool = False)
         _fail(field, f"must be {_tname(types)}, got a boolean", source)
     if not isinstance(value, types):
         _fail(field, f"must be {_tname(types)}, got {json.dumps(value)}", source)
+    if isinstance(value, float) and not math.isfinite(value):
+        _fail(field, f"must be a finite number, got {strict_json.json_number(value)}", source)
+
+
+def _weight(value: Any, field: str, source: str) -> None:
+    """A finite number >= 0 (a negative weight would turn a loss into a reward)."""
+    _typed(value, (int, float), field, source)
+    if value < 0:
+        _fail(field, f"must be >= 0, got {value}", source)
 
 
 def _tname(types) -> str:
@@ -106,127 +154,213 @@ def _channels(value: Any, field: str, source: str) -> None:
         _typed(c, (int, str), f"{field}[{i}]", source)
 
 
-def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
-    """Return the effective plan (defaults filled in); :class:`NNKDError` names a bad field."""
-    _check_keys(raw, DEFAULTS, "", source)
-    plan = _merge(DEFAULTS, raw)
-    _typed(plan["name"], str, "name", source)
-    _typed(plan["description"], str, "description", source)
-    _typed(plan["trainers"], list, "trainers", source)
-    for i, t in enumerate(plan["trainers"]):
-        _typed(t, str, f"trainers[{i}]", source)
-    if len(set(plan["trainers"])) != len(plan["trainers"]):
-        _fail("trainers", f"trainers listed twice: {plan['trainers']}", source)
-    _typed(plan["seed"], int, "seed", source, allow_none=True)
+def validate_plan(raw: Dict[str, Any], source: str = "plan",
+                  found: Optional[List[tuple]] = None) -> Dict[str, Any]:
+    """Return the effective plan (defaults filled in); one :class:`NNKDError` lists every bad field.
 
-    _check_keys(plan["student"], DEFAULTS["student"], "student", source)
-    student = plan["student"] = _merge(DEFAULTS["student"], plan["student"])
-    _channels(student["channels"], "student.channels", source)
-    _typed(student["train_fraction"], (int, float), "student.train_fraction", source)
-    if not 0 < student["train_fraction"] <= 1:
-        _fail("student.train_fraction", "must be within (0, 1]", source)
-    if not (isinstance(student["init_from_teacher"], bool) or student["init_from_teacher"] == "auto"):
-        _fail("student.init_from_teacher", f"must be one of {', '.join(map(json.dumps, INIT_FROM_TEACHER))}", source)
+    ``found``: (field, problem) pairs already known (e.g. duplicate keys in the file), refused together
+    with the rest. Non-finite numbers are refused anywhere, also inside ``params``.
+    """
+    p = Problems(source, found)
+    for field, msg in strict_json.nonfinite_problems(raw):
+        p.add(field, msg)
+    if not isinstance(raw, dict):
+        raise NNKDError(f"{source}: a plan must be a JSON object, got {type(raw).__name__}")
+    _check_keys(raw, DEFAULTS, "", source, p)
+    plan = _merge(DEFAULTS, {k: v for k, v in raw.items() if k in DEFAULTS})
+    with p.check():
+        _typed(plan["name"], str, "name", source)
+    with p.check():
+        _typed(plan["description"], str, "description", source)
+    with p.check():
+        _typed(plan["trainers"], list, "trainers", source)
+        for i, t in enumerate(plan["trainers"]):
+            _typed(t, str, f"trainers[{i}]", source)
+        if len(set(plan["trainers"])) != len(plan["trainers"]):
+            _fail("trainers", f"trainers listed twice: {plan['trainers']}", source)
+    with p.check():
+        _typed(plan["seed"], int, "seed", source, allow_none=True)
 
-    _check_keys(plan["network"], DEFAULTS["network"], "network", source)
-    plan["network"] = _merge(DEFAULTS["network"], plan["network"])
-    _typed(plan["network"]["cbam"], bool, "network.cbam", source)
-    for k in ("cbam_reduction", "head_hidden"):
-        _typed(plan["network"][k], int, f"network.{k}", source)
-        if plan["network"][k] < 1:
-            _fail(f"network.{k}", "must be >= 1", source)
-    _typed(plan["network"]["head_dropout"], (int, float), "network.head_dropout", source)
-    if plan["network"]["head_stages"] != "all":
-        _typed(plan["network"]["head_stages"], int, "network.head_stages", source)
-        if plan["network"]["head_stages"] < 1:
-            _fail("network.head_stages", 'must be >= 1 or "all"', source)
-    if plan["network"]["head_pool"] not in ("avg", "avgmax"):
-        _fail("network.head_pool", 'must be "avg" or "avgmax"', source)
-    _typed(plan["network"]["head_standardize"], bool, "network.head_standardize", source)
-    _typed(plan["network"]["head_lr_scale"], (int, float), "network.head_lr_scale", source)
-    if plan["network"]["head_lr_scale"] <= 0:
-        _fail("network.head_lr_scale", "must be > 0", source)
+    with p.check():
+        _check_keys(plan["student"], DEFAULTS["student"], "student", source, p)
+        student = plan["student"] = _merge(DEFAULTS["student"], plan["student"])
+        with p.check():
+            _channels(student["channels"], "student.channels", source)
+        with p.check():
+            _typed(student["train_fraction"], (int, float), "student.train_fraction", source)
+            if not 0 < student["train_fraction"] <= 1:
+                _fail("student.train_fraction", "must be within (0, 1]", source)
+        if not (isinstance(student["init_from_teacher"], bool) or student["init_from_teacher"] == "auto"):
+            _fail("student.init_from_teacher", f"must be one of {', '.join(map(json.dumps, INIT_FROM_TEACHER))}",
+                  source)
 
-    cls = plan["classification"]
-    _check_keys(cls, DEFAULTS["classification"], "classification", source)
-    cls = plan["classification"] = _merge(DEFAULTS["classification"], cls)
-    _typed(cls["loss"], str, "classification.loss", source)
-    _typed(cls["params"], dict, "classification.params", source)
-    for k in ("weight", "seg_weight"):
-        _typed(cls[k], (int, float), f"classification.{k}", source)
-        if cls[k] < 0:
-            _fail(f"classification.{k}", "must be >= 0", source)
-    _typed(cls["balanced_sampling"], bool, "classification.balanced_sampling", source)
-    if cls["select_best_by"] not in SELECT_BEST:
-        _fail("classification.select_best_by", f"must be one of {', '.join(SELECT_BEST)}", source)
+    with p.check():
+        _check_keys(plan["network"], DEFAULTS["network"], "network", source, p)
+        net = plan["network"] = _merge(DEFAULTS["network"], plan["network"])
+        with p.check():
+            _typed(net["cbam"], bool, "network.cbam", source)
+        for k in ("cbam_reduction", "head_hidden"):
+            with p.check():
+                _typed(net[k], int, f"network.{k}", source)
+                if net[k] < 1:
+                    _fail(f"network.{k}", "must be >= 1", source)
+        with p.check():
+            _typed(net["head_dropout"], (int, float), "network.head_dropout", source)
+            if not 0 <= net["head_dropout"] < 1:
+                _fail("network.head_dropout", "must be within [0, 1)", source)
+        with p.check():
+            if net["head_stages"] != "all":
+                _typed(net["head_stages"], int, "network.head_stages", source)
+                if net["head_stages"] < 1:
+                    _fail("network.head_stages", 'must be >= 1 or "all"', source)
+        with p.check():
+            if net["head_pool"] not in ("avg", "avgmax"):
+                _fail("network.head_pool", 'must be "avg" or "avgmax"', source)
+        with p.check():
+            _typed(net["head_standardize"], bool, "network.head_standardize", source)
+        with p.check():
+            _typed(net["head_lr_scale"], (int, float), "network.head_lr_scale", source)
+            if net["head_lr_scale"] <= 0:
+                _fail("network.head_lr_scale", "must be > 0", source)
 
-    md = plan["modality_dropout"]
-    if md is not None:
-        _check_keys(md, MODALITY_DROPOUT_DEFAULTS, "modality_dropout", source)
-        md = plan["modality_dropout"] = _merge(MODALITY_DROPOUT_DEFAULTS, md)
-        _typed(md["p"], (int, float), "modality_dropout.p", source)
-        if not 0 <= md["p"] <= 1:
-            _fail("modality_dropout.p", "must be within [0, 1]", source)
-        _channels(md["keep"], "modality_dropout.keep", source)
-        _channels(md["droppable"], "modality_dropout.droppable", source)
+    with p.check():
+        _check_keys(plan["classification"], DEFAULTS["classification"], "classification", source, p)
+        cls = plan["classification"] = _merge(DEFAULTS["classification"], plan["classification"])
+        with p.check():
+            _typed(cls["loss"], str, "classification.loss", source)
+        with p.check():
+            _typed(cls["params"], dict, "classification.params", source)
+        for k in ("weight", "seg_weight"):
+            with p.check():
+                _weight(cls[k], f"classification.{k}", source)
+        with p.check():
+            _typed(cls["balanced_sampling"], bool, "classification.balanced_sampling", source)
+        if cls["select_best_by"] not in SELECT_BEST:
+            _fail("classification.select_best_by", f"must be one of {', '.join(SELECT_BEST)}", source)
 
-    _typed(plan["augmentation"], list, "augmentation", source)
-    for i, a in enumerate(plan["augmentation"]):
-        _check_keys(a, {"name", "params"}, f"augmentation[{i}]", source)
-        _typed(a.get("name"), str, f"augmentation[{i}].name", source)
-        a.setdefault("params", {})
+    with p.check():
+        md = plan["modality_dropout"]
+        if md is not None:
+            _check_keys(md, MODALITY_DROPOUT_DEFAULTS, "modality_dropout", source, p)
+            md = plan["modality_dropout"] = _merge(MODALITY_DROPOUT_DEFAULTS, md)
+            with p.check():
+                _typed(md["p"], (int, float), "modality_dropout.p", source)
+                if not 0 <= md["p"] <= 1:
+                    _fail("modality_dropout.p", "must be within [0, 1]", source)
+            with p.check():
+                _channels(md["keep"], "modality_dropout.keep", source)
+            _channels(md["droppable"], "modality_dropout.droppable", source)
 
-    _typed(plan["teachers"], list, "teachers", source)
-    names = set()
-    for i, t in enumerate(plan["teachers"]):
-        f = f"teachers[{i}]"
-        _check_keys(t, TEACHER_DEFAULTS, f, source)
-        t = plan["teachers"][i] = _merge(TEACHER_DEFAULTS, t)
-        if t["name"] is None:
-            t["name"] = f"teacher{i}"
-        _typed(t["name"], str, f"{f}.name", source)
-        if t["name"] in names:
-            _fail(f"{f}.name", f"duplicate teacher name {t['name']!r}", source)
-        names.add(t["name"])
-        _typed(t["loader"], str, f"{f}.loader", source)
-        _typed(t["model_folder"], str, f"{f}.model_folder", source)
-        _typed(t["fold"], (int, str), f"{f}.fold", source)
-        if isinstance(t["fold"], str) and t["fold"] != "all":
-            _fail(f"{f}.fold", "must be an integer or 'all'", source)
-        _typed(t["checkpoint"], str, f"{f}.checkpoint", source)
-        _channels(t["channels"], f"{f}.channels", source)
-        _typed(t["paired"], bool, f"{f}.paired", source)
-        _typed(t["dataset"], (int, str), f"{f}.dataset", source, allow_none=True)
-        if not t["paired"] and t["dataset"] is None:
-            _fail(f"{f}.dataset", "an unpaired teacher needs the dataset its data comes from", source)
-        _typed(t["weight"], (int, float), f"{f}.weight", source)
+    with p.check():
+        _typed(plan["augmentation"], list, "augmentation", source)
+        for i, a in enumerate(plan["augmentation"]):
+            with p.check():
+                _check_keys(a, {"name", "params"}, f"augmentation[{i}]", source, p)
+                a.setdefault("params", {})
+                with p.check():
+                    _typed(a.get("name"), str, f"augmentation[{i}].name", source)
+                _typed(a["params"], dict, f"augmentation[{i}].params", source)
 
-    _typed(plan["losses"], list, "losses", source)
-    for i, loss in enumerate(plan["losses"]):
-        f = f"losses[{i}]"
-        _check_keys(loss, LOSS_DEFAULTS, f, source)
-        loss = plan["losses"][i] = _merge(LOSS_DEFAULTS, loss)
-        _typed(loss["name"], str, f"{f}.name", source)
-        _typed(loss["weight"], (int, float), f"{f}.weight", source)
-        _typed(loss["params"], dict, f"{f}.params", source)
+    with p.check():
+        _typed(plan["teachers"], list, "teachers", source)
+        names = set()
+        for i, t in enumerate(plan["teachers"]):
+            with p.check():
+                names.add(_validate_teacher(plan, i, names, source, p))
 
-    _check_keys(plan["schedule"], SCHEDULE_KEYS, "schedule", source)
-    for k, v in plan["schedule"].items():
-        _typed(v, float if k == "initial_lr" else int, f"schedule.{k}", source)
-        if v <= 0:
-            _fail(f"schedule.{k}", "must be > 0", source)
+    with p.check():
+        _typed(plan["losses"], list, "losses", source)
+        for i, loss in enumerate(plan["losses"]):
+            f = f"losses[{i}]"
+            with p.check():
+                _check_keys(loss, LOSS_DEFAULTS, f, source, p)
+                loss = plan["losses"][i] = _merge(LOSS_DEFAULTS, loss)
+                with p.check():
+                    _typed(loss["name"], str, f"{f}.name", source)
+                with p.check():
+                    _weight(loss["weight"], f"{f}.weight", source)
+                _typed(loss["params"], dict, f"{f}.params", source)
+
+    with p.check():
+        _check_keys(plan["schedule"], SCHEDULE_KEYS, "schedule", source, p)
+        for k, v in plan["schedule"].items():
+            if k not in SCHEDULE_KEYS:
+                continue
+            with p.check():
+                # a learning rate may be written as an integer ("initial_lr": 1); counts must be integers
+                _typed(v, (int, float) if k == "initial_lr" else int, f"schedule.{k}", source)
+                if v <= 0:
+                    _fail(f"schedule.{k}", "must be > 0", source)
+    p.refuse()
     return plan
 
 
+def _validate_teacher(plan: Dict[str, Any], i: int, names: set, source: str, p: Problems) -> str:
+    """Check ``plan["teachers"][i]`` (filling in its defaults); returns its name."""
+    f = f"teachers[{i}]"
+    _check_keys(plan["teachers"][i], TEACHER_DEFAULTS, f, source, p)
+    t = plan["teachers"][i] = _merge(TEACHER_DEFAULTS, plan["teachers"][i])
+    if t["name"] is None:
+        t["name"] = f"teacher{i}"
+    with p.check():
+        _typed(t["name"], str, f"{f}.name", source)
+        if t["name"] in names:
+            _fail(f"{f}.name", f"duplicate teacher name {t['name']!r}", source)
+    with p.check():
+        _typed(t["loader"], str, f"{f}.loader", source)
+    with p.check():
+        _typed(t["model_folder"], str, f"{f}.model_folder", source)
+    with p.check():
+        _typed(t["fold"], (int, str), f"{f}.fold", source)
+        if isinstance(t["fold"], str) and t["fold"] != "all":
+            _fail(f"{f}.fold", "must be an integer or 'all'", source)
+    with p.check():
+        _typed(t["checkpoint"], str, f"{f}.checkpoint", source)
+    with p.check():
+        _channels(t["channels"], f"{f}.channels", source)
+    with p.check():
+        _channel_map(t["channel_map"], f"{f}.channel_map", source)
+        if t["channel_map"] is not None and t["channels"] is not None:
+            _fail(f"{f}.channel_map", "give either 'channels' or 'channel_map', not both", source)
+    with p.check():
+        _typed(t["sha256"], str, f"{f}.sha256", source, allow_none=True)
+        if t["sha256"] is not None:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", t["sha256"]):
+                _fail(f"{f}.sha256", "must be 64 hexadecimal digits (`sha256sum FILE`)", source)
+            t["sha256"] = t["sha256"].lower()
+    with p.check():
+        _typed(t["paired"], bool, f"{f}.paired", source)
+    with p.check():
+        _typed(t["dataset"], (int, str), f"{f}.dataset", source, allow_none=True)
+        if t["paired"] is False and t["dataset"] is None:
+            _fail(f"{f}.dataset", "an unpaired teacher needs the dataset its data comes from", source)
+    with p.check():
+        _weight(t["weight"], f"{f}.weight", source)
+    return t["name"] if isinstance(t["name"], str) else ""
+
+
+def _channel_map(value: Any, field: str, source: str) -> None:
+    """``null`` or {teacher channel name: student channel name or index}."""
+    if value is None:
+        return
+    _typed(value, dict, field, source)
+    if not value:
+        _fail(field, "must map at least one teacher channel", source)
+    for k, v in value.items():
+        _typed(v, (int, str), f"{field}.{k}", source)
+
+
 def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
-    """Fail early (before training) on loss, transform or teacher-loader names nobody registered."""
+    """Fail early (before training) on loss, transform or teacher-loader names nobody registered;
+    one NNKDError lists every unknown name."""
     from nnkd.hooks import SINGULAR, registry
+
+    p = Problems(source)
 
     def check(kind: str, name: str, field: str) -> None:
         known = registry(kind)
         if name not in known:
-            _fail(field, f"unknown {SINGULAR[kind]} {name!r}; known: "
-                         f"{', '.join(sorted(known)) or '(none)'}", source)
+            p.add(field, f"unknown {SINGULAR[kind]} {name!r}; known: {', '.join(sorted(known)) or '(none)'}")
 
     for i, t in enumerate(plan["trainers"]):
         check("trainers", t, f"trainers[{i}]")
@@ -237,6 +371,7 @@ def check_registered_names(plan: Dict[str, Any], source: str = "plan") -> None:
         check("transforms", a["name"], f"augmentation[{i}].name")
     for i, t in enumerate(plan["teachers"]):
         check("teacher_loaders", t["loader"], f"teachers[{i}].loader")
+    p.refuse()
 
 
 def shipped_plans() -> Dict[str, str]:
@@ -268,22 +403,29 @@ def merge_over(defaults: Optional[Dict[str, Any]], raw: Dict[str, Any]) -> Dict[
     return merged
 
 
-def read_plan_file(path: str) -> Dict[str, Any]:
-    """A plan file's JSON object (not validated); ``path`` may name a shipped plan."""
+def _read(path: str) -> tuple:
+    """(JSON object, problems found while reading: duplicate keys) of a plan file or shipped plan name."""
     path = plan_path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except json.JSONDecodeError as e:
-        raise NNKDError(f"{path}: not valid JSON: {e}") from None
+    raw, found = strict_json.read(path, "distillation plan")  # duplicate keys, NaN/Infinity: refused by the caller
     if not isinstance(raw, dict):
         raise NNKDError(f"{path}: a plan must be a JSON object")
+    return raw, found
+
+
+def read_plan_file(path: str) -> Dict[str, Any]:
+    """A plan file's JSON object (not validated, but read strictly: a duplicate key is refused);
+    ``path`` may name a shipped plan."""
+    raw, found = _read(path)
+    if found:
+        raise NNKDError(strict_json.format_problems(plan_path(path), found))
     return raw
 
 
 def load_plan(path: str, defaults: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Read and validate a plan file (or shipped plan name) over ``defaults`` (see :func:`merge_over`)."""
-    return validate_plan(merge_over(defaults, read_plan_file(path)), source=plan_path(path))
+    """Read and validate a plan file (or shipped plan name) over ``defaults`` (see :func:`merge_over`);
+    one refusal lists every problem, those found while reading included."""
+    raw, found = _read(path)
+    return validate_plan(merge_over(defaults, raw), source=plan_path(path), found=found)
 
 
 def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],

@@ -175,22 +175,27 @@ def test_existing_ids_and_case_id_clashes(nnunet_env, tmp_path):
     images = tmp_path / "img"
     save(images, "a.png", rgb())
     csv = labels_csv(tmp_path / "l.csv", [("a", "x")])
+    with pytest.raises(NNKDError, match="every row has the label 'x': classification needs cases of at least two"):
+        F.from_images(str(images), csv, 16, "One")
+    assert os.listdir(nnunet_env["nnUNet_raw"]) == []
+    save(images, "c.png", rgb())
+    csv = labels_csv(tmp_path / "l.csv", [("a", "x"), ("c", "y")])
     first = F.from_images(str(images), csv, 16, "One").folder
     with pytest.raises(NNKDError, match="Dataset016_One already exists.*--overwrite"):
         F.from_images(str(images), csv, 16, "One")
     with pytest.raises(NNKDError, match="id 16 is already used by Dataset016_One"):
         F.from_images(str(images), csv, 16, "Two", overwrite=True)
     save(images, "b.png", rgb((24, 40)))
-    csv = labels_csv(tmp_path / "l.csv", [("a", "x"), ("b", "y")])
+    csv = labels_csv(tmp_path / "l.csv", [("a", "x"), ("b", "y"), ("c", "y")])
     F.from_images(str(images), csv, 16, "One", overwrite=True)
-    assert load(first, "dataset.json")["numTraining"] == 2
+    assert load(first, "dataset.json")["numTraining"] == 3
     os.makedirs(os.path.join(nnunet_env["nnUNet_results"], "Dataset017_Trained"))
     with pytest.raises(NNKDError, match="id 17 is already used by Dataset017_Trained"):
         F.from_images(str(images), csv, 17, "New")
 
     for name in ("a b.png", "a_b.png", "_.png"):
         save(images, name, rgb())
-    csv = labels_csv(tmp_path / "l.csv", [("a", "x"), ("b", "y"), ("a b", "x"), ("a_b", "x"), ("_", "y")])
+    csv = labels_csv(tmp_path / "l.csv", [("a", "x"), ("b", "y"), ("c", "y"), ("a b", "x"), ("a_b", "x"), ("_", "y")])
     with pytest.raises(NNKDError) as err:
         F.from_images(str(images), csv, 18, "Clash")
     assert "case_ids 'a b', 'a_b' all become the nnU-Net identifier 'a_b'; rename one" in str(err.value)
@@ -202,7 +207,7 @@ def test_progress_every_tenth(nnunet_env, tmp_path):
     images = tmp_path / "img"
     for i in range(F.PROGRESS_MIN_CASES):
         save(images, f"c{i}.png", rgb((8, 8)))
-    csv = labels_csv(tmp_path / "l.csv", [(f"c{i}", "x") for i in range(F.PROGRESS_MIN_CASES)])
+    csv = labels_csv(tmp_path / "l.csv", [(f"c{i}", "xy"[i % 2]) for i in range(F.PROGRESS_MIN_CASES)])
     lines = []
     F.from_images(str(images), csv, 19, "Many", progress=lines.append)
     assert lines[0] == f"Dataset019_Many: 2/{F.PROGRESS_MIN_CASES} images" and len(lines) == 10

@@ -127,7 +127,7 @@ def test_all_problem_kinds_reported_together(env, tmp_path):
     with pytest.raises(NNKDError) as err:
         L.import_labels(NAME, _csv(tmp_path, text))
     msg = str(err.value)
-    assert "case_000 (lines 2, 7)" in msg  # structural problems are reported first, on their own
+    assert "case_000 (lines 2, 7)" in msg and "ghost (line 6)" in msg  # every problem at once
     text = _rows(GOOD[:4] + [("ghost", "G1")])
     with pytest.raises(NNKDError) as err:
         L.import_labels(NAME, _csv(tmp_path, text))
@@ -145,8 +145,8 @@ def test_missing_csv_and_unknown_dataset(env, tmp_path):
 
 
 def test_failed_second_write_leaves_both_files(env, tmp_path, monkeypatch):
-    """Both temporary files are written before the first rename: a failing rename of either
-    leaves both targets as they were."""
+    """Both temporary files are written before the first rename, and the raw file (renamed first)
+    gets its old bytes back when the preprocessed rename fails: both targets stay as they were."""
     before = {k: env[k].read_bytes() for k in ("raw", "pre")}
     real_replace = os.replace
 
@@ -159,7 +159,7 @@ def test_failed_second_write_leaves_both_files(env, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         L.import_labels(NAME, _csv(tmp_path, _rows(GOOD)))
     assert {k: env[k].read_bytes() for k in ("raw", "pre")} == before
-    assert not [p for p in os.listdir(env["raw"].parent) if p.startswith(".")]
+    assert not [p for p in os.listdir(env["raw"].parent) if p.startswith(".") and p != L.LOCK_FILE]
 
 
 def test_case_labels_errors():

@@ -25,7 +25,8 @@ image under the same stem, kept with its values: 0 = background, 1..K (a 0/255 m
 Nothing is written when anything is wrong: unreadable images or masks, images without a label,
 labels without an image, missing masks, masks of another size, clashing case ids are refused
 together in one error listing each file. The dataset is built in a hidden staging folder in
-$nnUNet_raw and renamed into place when complete. An existing dataset id is refused unless
+$nnUNet_raw and renamed into place when complete; staging folders that an interrupted run left
+behind (.DatasetNNN_NAME.*.staging) are removed at the start of the next run, which says so. An existing dataset id is refused unless
 --overwrite (which replaces a dataset of the same id and name only)."""
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from nnkd import labels as L
 from nnkd.dataset_folders import dataset_name, training_case_ids
@@ -16,8 +17,14 @@ FILE.csv needs a header naming the columns case_id and label (exactly these name
 are ignored) and one row per training case. Class indices follow --classes when given, else the
 distinct labels in natural-sort order (G2 before G10). The import is refused, with every offending
 row or case listed and no file changed, for: a missing header or column, rows with a different
-number of fields, blank ids or labels, duplicate case ids, ids that are not training cases,
-training cases without a label, and labels outside --classes."""
+number of fields, blank ids or labels, a header naming case_id or label twice, duplicate case
+ids, ids that are not training cases, training cases without a label, labels outside --classes,
+a file with a single class, values with control or invisible characters, and values starting
+with =, +, - or @ (spreadsheets run them as formulas; plain numbers such as -1 are fine).
+
+Both dataset.json files are rewritten under a lock (DATASET/.nnkd_labels.lock in nnUNet_raw): a
+second import of the same dataset waits for the first (up to 60 s, then it is refused), and
+either both files get the new labels or neither does."""
 
 
 def register(subparsers) -> None:
@@ -38,7 +45,8 @@ def register(subparsers) -> None:
 
 
 def run_import(args) -> int:
-    entry = L.import_labels(args.dataset, args.csv, args.classes)
+    entry = L.import_labels(args.dataset, args.csv, args.classes,
+                            on_wait=lambda line: print(line, file=sys.stderr, flush=True))
     name = dataset_name(args.dataset)
     summary = L.label_counts(entry["class_names"], entry["case_labels"])
     print(f"{name}: {len(entry['case_labels'])} cases labelled, classes (index order): "

@@ -108,3 +108,25 @@ def format_comparison(result: dict) -> str:
         rows.append(["macro", _f(result["auc_a"]), _f(result["auc_b"]), _ci(d["value"], *d["ci95"]), "-"])
     header = ["AUC", a, b, f"{a} - {b} [95% CI]", "DeLong p"]
     return f"{result['n_cases']} cases, paired stratified bootstrap CI\n" + _table(header, rows)
+
+
+def format_crossval(report: dict) -> str:
+    """Per-fold table of a :func:`nnkd.evaluation.crossval.crossval_report` and the fold AUC mean +- sd."""
+    rows = [[f"fold_{r['fold']}", str(r["n_cases"]), _f(r["auc"]), _f(r["accuracy"]), _f(r["balanced_accuracy"])]
+            for r in report["per_fold"]]
+    m = report["fold_auc"]
+    sd = "" if m["sd"] is None else f" +- {_f(m['sd'])}"
+    return _table(["fold", "n", "AUC", "acc", "bal.acc"], rows) + \
+        f"\nper-fold AUC: {_f(m['mean'])}{sd} (mean +- sd over {m['n_folds']} fold(s))"
+
+
+def format_ranking(comparison: dict) -> str:
+    """The ranking of :func:`nnkd.evaluation.crossval.compare_models` as a text table."""
+    rows = []
+    for i, r in enumerate(comparison["ranking"], 1):
+        vs = r.get("vs_best")
+        diff = "-" if vs is None else _ci(vs["difference"], *vs["ci95"])
+        p = "-" if vs is None or vs["delong_p"] is None else f"{vs['delong_p']:.4g}"
+        rows.append([str(i), r["model"], _ci(r["auc"], *r["auc_ci95"]), diff, p])
+    return f"{comparison['n_cases']} shared out-of-fold cases\n" + _table(
+        ["rank", "model", "AUC [95% CI]", "best - this [95% CI]", "DeLong p"], rows)

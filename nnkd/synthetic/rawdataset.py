@@ -14,12 +14,14 @@ field of view); ``NO_LESION_MASKS`` in their ``nnkd`` entry tells nnkd's trainer
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -101,22 +103,86 @@ def check_targets(specs: Sequence[DatasetSpec], overwrite: bool) -> list[str]:
     return targets
 
 
+STALE_STAGING = re.compile(r"\.Dataset\d{3}_.*\.staging(\.old)?")  # what staged_datasets leaves when killed
+
+
 @contextlib.contextmanager
-def staged_datasets(specs: Sequence[DatasetSpec], overwrite: bool) -> Iterator[list[Staged]]:
-    """Staging folders for ``specs``; on a clean exit all of them replace their targets."""
+def _root_lock(root: str) -> Iterator[None]:
+    """Exclusive ``flock`` on the ``nnUNet_raw`` folder itself (no file is created): taken while a
+    staging folder is created and locked, published, or while stale ones are looked for."""
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_staging(root: str, notify: Callable[[str], None] | None = None) -> list[str]:
+    """Remove the hidden staging folders (``.DatasetNNN_Name.*.staging`` and their ``.old`` copies of
+    a replaced dataset) that a killed run left in ``root``; returns their paths. A folder whose
+    build is still running is kept: its writer holds an ``flock`` on it. An ``.old`` copy whose
+    dataset is missing (killed between the two renames of ``--overwrite``) is renamed back instead.
+    ``notify`` gets one line per removed or restored folder."""
+    removed = []
+    with _root_lock(root):
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if not (STALE_STAGING.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False)):
+                continue
+            fd = os.open(entry.path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another nnkd is building it right now
+            finally:
+                os.close(fd)
+            target = os.path.join(root, entry.name[1:].split(".")[0])  # dataset names hold no dots
+            if entry.name.endswith(".old") and not os.path.exists(target):
+                # killed between moving the old dataset aside and moving the new one in: put it back
+                os.replace(entry.path, target)
+                if notify is not None:
+                    notify(f"restored {target} from {entry.path}: an interrupted --overwrite had moved it aside")
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+            if notify is not None:
+                notify(f"removed {entry.path}: a staging folder left behind by an interrupted dataset build")
+    return removed
+
+
+def print_notice(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def staged_datasets(specs: Sequence[DatasetSpec], overwrite: bool,
+                    notify: Callable[[str], None] | None = print_notice) -> Iterator[list[Staged]]:
+    """Staging folders for ``specs``; on a clean exit all of them replace their targets.
+
+    Stale staging folders of killed runs are removed first (``notify`` says so); each new one is
+    locked (``flock``) until it is published or removed, so that a concurrent run leaves it alone."""
     targets = check_targets(specs, overwrite)
     os.makedirs(raw_root(), exist_ok=True)
-    staged = [Staged(tempfile.mkdtemp(prefix=f".{os.path.basename(t)}.", suffix=".staging", dir=raw_root()), t)
-              for t in targets]
+    remove_stale_staging(raw_root(), notify)
+    staged, locks = [], []
     try:
+        with _root_lock(raw_root()):
+            for t in targets:
+                staged.append(Staged(tempfile.mkdtemp(prefix=f".{os.path.basename(t)}.", suffix=".staging",
+                                                      dir=raw_root()), t))
+                locks.append(os.open(staged[-1].folder, os.O_RDONLY))
+                fcntl.flock(locks[-1], fcntl.LOCK_EX)
         yield staged
         check_targets(specs, overwrite)  # nothing appeared meanwhile
         for s in staged:
             _default_permissions(s.folder)
-        _publish(staged)
+        with _root_lock(raw_root()):
+            _publish(staged)
     finally:
         for s in staged:
             shutil.rmtree(s.folder, ignore_errors=True)
+        for fd in locks:
+            os.close(fd)
 
 
 def _default_permissions(folder: str) -> None:
