@@ -83,3 +83,29 @@ def test_nnunet_does_not_find_trainers_without_env(nnunet_env):
     p = run_cli([sys.executable, "-c", code], env={"nnUNet_extTrainer": ""}, check=False)
     assert p.returncode != 0  # documents why `eval "$(nnkd env)"` is needed
     assert "export nnUNet_extTrainer=" in nnkd_cli("env").stdout
+
+
+def test_builtin_references_match_the_registered_classes():
+    """The built-in plugin registers by reference (for fast listing); the references must name
+    exactly the classes the modules register with their decorators and the trainer list."""
+    from nnkd import builtin_plugin
+    from nnkd.hooks import _source_docstring, registry, resolve
+    from nnkd.losses import BUILTIN_LOSSES
+    from nnkd.teachers import BUILTIN_TEACHER_LOADERS
+    from nnkd.trainers import BUILTIN_TRAINERS
+    from nnkd.transforms.registry import BUILTIN_TRANSFORMS
+
+    import nnkd.transforms.dose  # noqa: F401  (registration)
+    import nnkd.transforms.modality_dropout  # noqa: F401
+
+    expected = {"losses": dict(BUILTIN_LOSSES), "teacher_loaders": dict(BUILTIN_TEACHER_LOADERS),
+                "transforms": dict(BUILTIN_TRANSFORMS), "trainers": {c.__name__: c for c in BUILTIN_TRAINERS}}
+    tables = {"losses": builtin_plugin.LOSSES, "teacher_loaders": builtin_plugin.TEACHER_LOADERS,
+              "transforms": builtin_plugin.TRANSFORMS, "trainers": builtin_plugin.TRAINERS}
+    for kind, table in tables.items():
+        assert {n: resolve(ref) for n, ref in table.items()} == expected[kind], kind
+        assert {n: obj for n, (obj, _) in registry(kind).items()} == expected[kind], kind
+    # descriptions read from the source equal the imported docstrings' first lines
+    for name, ref in builtin_plugin.TRAINERS.items():
+        module, _, attr = ref.partition(":")
+        assert _source_docstring(module, attr).splitlines()[0] == resolve(ref).__doc__.strip().splitlines()[0], name

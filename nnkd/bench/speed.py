@@ -35,6 +35,7 @@ is on (the trainer's own ``train_step``). Results: aligned table on stdout, ``OU
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -148,8 +149,9 @@ def all_cases(selected: Optional[Sequence[str]] = None) -> List[Case]:
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser) -> None:
-    parser.add_argument("-o", "--out", default="bench_speed",
+    parser.add_argument("-o", "--output", dest="out", default="bench_speed", metavar="OUT",
                         help="output folder: speed.json, speed.md, speed.png (default ./bench_speed)")
+    parser.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # former name
     parser.add_argument("--workspace", default=None,
                         help="nnU-Net workspace for the synthetic datasets and teacher folders, reused when "
                              "present (default OUT/workspace; --quick: OUT/workspace_quick)")

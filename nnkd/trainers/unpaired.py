@@ -105,7 +105,7 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
 
 
 class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
-    """PaGKD student: group-level prototype (GKD-Pro) and dense (GKD-Den) KD from an unpaired teacher (METHODS.md 2)."""
+    """PaGKD student: group-level prototype (GKD-Pro) and dense (GKD-Den) KD from an unpaired teacher (docs/methods.md)."""
 
     plan_defaults = {
         "name": "pagkd",
@@ -115,7 +115,7 @@ class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
 
 
 class nnKDTrainerImPA(nnKDTrainerDistill):
-    """CoMoTo lesion teacher: nnU-Net segmentation + intra-modal point alignment (ImPA, METHODS.md 3)."""
+    """CoMoTo lesion teacher: nnU-Net segmentation + intra-modal point alignment (ImPA, docs/methods.md)."""
 
     requires_teachers = False
     plan_defaults = {
@@ -126,7 +126,7 @@ class nnKDTrainerImPA(nnKDTrainerDistill):
 
 
 class nnKDTrainerCoMoTo(nnKDTrainerUnpaired):
-    """CoMoTo student: lesion-specific KD (LsKD) from an unpaired ImPA teacher, initialised from it (METHODS.md 3)."""
+    """CoMoTo student: lesion-specific KD (LsKD) from an unpaired ImPA teacher, initialised from it (docs/methods.md)."""
 
     plan_defaults = {
         "name": "comoto",
