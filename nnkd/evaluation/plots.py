@@ -91,7 +91,7 @@ def plot_decision_curve(result: dict) -> Figure:
         ax.set(xlim=(0, 1), ylim=dca_ylim(curves_in_view, everyone), xlabel="threshold probability",
                ylabel="net benefit", title=title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="lower left")  # curves start high on the left and fall to the right
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if len(panels) > 1:
