@@ -77,7 +77,7 @@ def test_simulate_dose_accepts_both_device_spellings():
 def test_listing_commands_import_neither_torch_nor_nnunet(argv):
     code = ("import sys\nfrom nnkd.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-            "heavy = sorted(m for m in ('torch', 'nnunetv2', 'matplotlib') if m in sys.modules)\n"
+            "heavy = sorted(m for m in ('torch', 'nnunetv2', 'matplotlib', 'scipy') if m in sys.modules)\n"
             "print('HEAVY', heavy)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out[-2000:]
