@@ -63,8 +63,13 @@ def test_predict_usage_names_what_each_flag_takes():
     usage = parser.format_usage()
     assert not re.search(r"-(i I|o O|m M|f F|chk CHK)\b", usage), usage
     assert "-i INPUT_FOLDER" in usage and "-m MODEL_FOLDER" in usage, usage
-    args = parser.parse_args(["--input", "a", "-o", "b", "--model", "c", "--folds", "0", "1", "--device", "cpu"])
+    args = parser.parse_args(["--input", "a", "-o", "b", "--model", "c", "--folds", "0", "1", "--device", "cpu",
+                              "--save-attention", "--save_probabilities", "-chk", "checkpoint_best.pth"])
     assert (args.i, args.o, args.m, args.f, args.device) == ("a", "b", "c", ["0", "1"], "cpu")
+    assert args.save_attention and args.save_probabilities and args.chk == "checkpoint_best.pth"
+    args = parser.parse_args(["-i", "a", "-o", "b", "-m", "c"])
+    assert (args.f, args.chk, args.device, args.save_attention, args.save_probabilities) == \
+        (None, "checkpoint_final.pth", "cpu", False, False)
 
 
 def test_simulate_dose_accepts_both_device_spellings():

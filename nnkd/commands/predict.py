@@ -161,4 +161,6 @@ def register(sub) -> None:
                    help="device to predict on (default %(default)s)")
     p.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
                    help="also write segmentation softmax (.npz)")
+    p.add_argument("--save-attention", action="store_true",
+                   help="also write each case's CBAM spatial-attention map, aligned with the input, to OUT/attention/")
     p.set_defaults(func=_predict)
