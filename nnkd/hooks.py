@@ -10,12 +10,18 @@ entry-point group::
     my_plugin = "my_package.nnkd_plugin"
 
 Each ``nnkd_register_*`` hook returns a ``{name: factory}`` mapping; names must be unique
-across plugins.
+across plugins. A factory may be given by reference, ``"package.module:attr"``: it is imported on
+first use, so listing what is registered (``nnkd trainers``, ``nnkd plugins``) imports neither torch
+nor nnU-Net.
 """
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
+import importlib.machinery
+import importlib.util
+import sys
 from typing import Any, Callable, Dict, List, Tuple
 
 import pluggy
@@ -46,7 +52,7 @@ class NNKDSpec:
 
     @hookspec
     def nnkd_register_trainers(self) -> Dict[str, type]:
-        """Return ``{class name: trainer class}``.
+        """Return ``{class name: trainer class}`` (or ``"package.module:ClassName"``, imported on use).
 
         Each class must subclass ``nnunetv2...nnUNetTrainer``, keep its constructor
         signature, and be importable by module path (so it pickles). The name must equal
@@ -93,8 +99,8 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 @functools.lru_cache(maxsize=None)
-def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
-    """``{name: (factory, plugin name)}`` for one kind of registered object."""
+def entries(kind: str) -> Dict[str, Tuple[Any, str]]:
+    """``{name: (factory or "module:attr" reference, plugin name)}``, importing nothing registered."""
     if kind not in KINDS:
         raise ValueError(f"unknown registry kind {kind!r}; known: {', '.join(KINDS)}")
     pm = get_plugin_manager()
@@ -106,8 +112,6 @@ def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
             if name in out:
                 raise ValueError(
                     f"{SINGULAR[kind]} {name!r} is registered twice: by {out[name][1]} and by {impl.plugin_name}")
-            if kind == "trainers":
-                _check_trainer(name, obj, impl.plugin_name)
             out[name] = (obj, impl.plugin_name)
     return out
 
@@ -123,17 +127,71 @@ def _check_trainer(name: str, obj: Any, plugin: str) -> None:
                          f"the class name (what nnUNetv2_train -tr looks up)")
 
 
+@functools.lru_cache(maxsize=None)
+def registry(kind: str) -> Dict[str, Tuple[Callable[..., Any], str]]:
+    """``{name: (factory, plugin name)}`` for one kind of registered object (references imported)."""
+    return {name: (_resolved(kind, name, obj, plugin), plugin) for name, (obj, plugin) in entries(kind).items()}
+
+
+def _resolved(kind: str, name: str, obj: Any, plugin: str) -> Any:
+    """``obj`` imported when a reference; a trainer is checked against the trainer contract."""
+    obj = resolve(obj)
+    if kind == "trainers":
+        _check_trainer(name, obj, plugin)
+    return obj
+
+
+def resolve(obj: Any) -> Any:
+    """A registered object; a ``"package.module:attr"`` reference is imported."""
+    if not isinstance(obj, str):
+        return obj
+    module, _, attr = obj.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def summary(obj: Any) -> str:
+    """First line of a registered object's docstring; a reference is read from its source file
+    (not imported) unless its module is loaded already or its file cannot be found."""
+    if isinstance(obj, str):
+        module, _, attr = obj.partition(":")
+        doc = None if module in sys.modules else _source_docstring(module, attr)
+        if doc is None:
+            doc = resolve(obj).__doc__
+    else:
+        doc = obj.__doc__
+    lines = (doc or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
+
+def _source_docstring(module: str, attr: str):
+    """Docstring of the top-level class/function ``attr`` in ``module``'s source, found without
+    importing the module or its parent packages; None when the source or ``attr`` is not found."""
+    parts = module.split(".")
+    try:
+        spec = importlib.util.find_spec(parts[0])
+        for i in range(1, len(parts)):
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), spec.submodule_search_locations)
+        with open(spec.origin, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (AttributeError, ImportError, OSError, SyntaxError, TypeError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == attr:
+            return ast.get_docstring(node)
+    return None
+
+
 def lookup(kind: str, name: str) -> Callable[..., Any]:
     """The factory registered as ``name``; an unknown name lists the known ones."""
-    reg = registry(kind)
+    reg = entries(kind)
     if name not in reg:
         known = ", ".join(sorted(reg)) or "(none)"
         raise UnknownNameError(f"unknown {SINGULAR[kind]} {name!r}; known: {known}")
-    return reg[name][0]
+    return _resolved(kind, name, *reg[name])
 
 
 def list_names(kind: str) -> List[str]:
-    return sorted(registry(kind))
+    return sorted(entries(kind))
 
 
 def build_loss(name: str, **params: Any):

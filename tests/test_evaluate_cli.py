@@ -148,3 +148,75 @@ def test_class_order_comes_from_the_predictions(tmp_path):
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["positive_class"] == "hcc" and metrics["class_names"] == ["no_hcc", "hcc"]
     assert metrics["auc"]["value"] == pytest.approx(roc_auc_score(y == 2, binary[:, 1]))
+
+
+def test_evaluate_refuses_before_any_progress_line(data, capsys):
+    """No labels anywhere: the refusal names every file, and no 'evaluating ...' line comes first."""
+    tmp_path, _, _ = data
+    argv = ["evaluate", str(tmp_path / "pred_full.csv"), str(tmp_path / "pred_low.csv"), "-o", str(tmp_path / "r")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert "evaluating" not in out and out == ""
+    assert "pred_full.csv: the label column is empty" in err and "pred_low.csv: the label column is empty" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_missing_cases_refused_before_progress(data, capsys):
+    _needs_labels_module()
+    tmp_path, ids, y = data
+    (tmp_path / "few.csv").write_text("case_id,label\n" + "".join(f"{c},{CLASSES[k]}\n" for c, k in
+                                                                  zip(ids[:10], y[:10])))
+    assert main(["evaluate", str(tmp_path / "pred_full.csv"), "--labels", str(tmp_path / "few.csv"),
+                 "-o", str(tmp_path / "r")]) == 2
+    assert "evaluating" not in capsys.readouterr().out and not (tmp_path / "r").exists()
+
+
+def test_compare_names_columns_by_folder(tmp_path, capsys):
+    probs, y = _probs(3)
+    ids = [f"c{i}" for i in range(N)]
+    for folder in ("react", "nokd"):
+        (tmp_path / folder).mkdir()
+        write_prediction_csv(tmp_path / folder / "classification.csv", ids, probs, CLASSES, labels=y.tolist())
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(tmp_path / "react" / "classification.csv"),
+                 str(tmp_path / "nokd" / "classification.csv"), "-o", str(out), "--n-bootstrap", "20"]) == 0
+    assert json.loads(out.read_text())["names"] == ["react", "nokd"]
+    printed = capsys.readouterr().out
+    assert "react" in printed and "nokd" in printed and "classification" not in printed.split("written")[0]
+
+
+@pytest.mark.parametrize("paths, expected", [
+    (["a/classification.csv", "b/classification.csv"], ["a", "b"]),
+    (["x/preds/classification.csv", "y/preds/classification.csv"], ["x/preds", "y/preds"]),
+    (["run/dose_1e6.csv", "run/dose_1e4.csv"], ["dose_1e6", "dose_1e4"]),
+    (["a/m.csv", "b/m.csv"], ["a/m", "b/m"]),
+])
+def test_model_names_are_distinct(paths, expected):
+    from nnkd.commands.evaluate import model_names
+
+    assert model_names(paths) == expected
+
+
+def test_identical_files_get_prefixed_names():
+    from nnkd.commands.evaluate import model_names
+
+    names = model_names(["/classification.csv", "/classification.csv"])
+    assert len(set(names)) == 2 and names[0].startswith("A:")
+
+
+def test_evaluate_names_the_model_in_metrics_and_titles(tmp_path, monkeypatch):
+    from nnkd.evaluation import plots
+
+    probs, y = _probs(4)
+    ids = [f"c{i}" for i in range(N)]
+    (tmp_path / "studentX").mkdir()
+    write_prediction_csv(tmp_path / "studentX" / "classification.csv", ids, probs, CLASSES, labels=y.tolist())
+    titles = []
+    real = plots.plot_roc
+    monkeypatch.setattr(plots, "plot_roc", lambda r: titles.append(real(r).axes[0].get_title()) or real(r))
+    from nnkd.evaluation import report
+    monkeypatch.setitem(report.FIGURES, "roc.png", plots.plot_roc)
+    assert main(["evaluate", str(tmp_path / "studentX" / "classification.csv"), "-o", str(tmp_path / "r"),
+                 "--n-bootstrap", "20"]) == 0
+    assert json.loads((tmp_path / "r" / "metrics.json").read_text())["model"] == "studentX"
+    assert titles and titles[0].startswith("studentX: ROC")

@@ -236,6 +236,9 @@ def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_pat
         tr.on_validation_epoch_start()
         tr.on_validation_epoch_end([tr.validation_step(next(tr.dataloader_val))])
     tr.on_epoch_end()  # writes checkpoint_latest.pth (save_every=1), as an interrupted run leaves it
+    log = open(tr.log_file).read()
+    assert "training for 3 epochs of 2 iterations (+ 1 validation iterations each)" in log
+    assert "epoch 1 of 3 done" in log
     latest = os.path.join(tr.output_folder, "checkpoint_latest.pth")
     digest = hashlib.sha256(open(latest, "rb").read()).hexdigest()
 

@@ -91,16 +91,18 @@ def _register_temporarily(trainers):
     """Register a plugin providing ``trainers`` in this process's manager; returns the cleanup."""
     import types
 
-    from nnkd.hooks import get_plugin_manager, hookimpl, registry
+    from nnkd.hooks import entries, get_plugin_manager, hookimpl, registry
 
     plugin = types.ModuleType("nnkd_bad_trainers")
     plugin.nnkd_register_trainers = hookimpl(lambda: trainers)
     pm = get_plugin_manager()
     pm.register(plugin, name="nnkd_bad_trainers")
+    entries.cache_clear()
     registry.cache_clear()
 
     def cleanup():
         pm.unregister(name="nnkd_bad_trainers")
+        entries.cache_clear()
         registry.cache_clear()
 
     return cleanup
@@ -141,3 +143,29 @@ def test_builtins_are_registered_like_a_plugin():
         assert isinstance(table, NameTable) and table, kind
         reg = registry(kind)
         assert {n: f for n, (f, plugin) in reg.items() if plugin == "nnkd.builtin"} == dict(table), kind
+
+
+def test_builtin_references_match_the_registered_classes():
+    """The built-in plugin registers by reference (for fast listing); the references must name
+    exactly the classes the modules register with their decorators and the trainer list."""
+    from nnkd import builtin_plugin
+    from nnkd.hooks import _source_docstring, registry, resolve
+    from nnkd.losses import BUILTIN_LOSSES
+    from nnkd.teachers import BUILTIN_TEACHER_LOADERS
+    from nnkd.trainers import BUILTIN_TRAINERS
+    from nnkd.transforms import BUILTIN_TRANSFORMS
+
+    import nnkd.transforms.dose  # noqa: F401  (registration)
+    import nnkd.transforms.modality_dropout  # noqa: F401
+
+    expected = {"losses": dict(BUILTIN_LOSSES), "teacher_loaders": dict(BUILTIN_TEACHER_LOADERS),
+                "transforms": dict(BUILTIN_TRANSFORMS), "trainers": dict(BUILTIN_TRAINERS)}
+    tables = {"losses": builtin_plugin.LOSSES, "teacher_loaders": builtin_plugin.TEACHER_LOADERS,
+              "transforms": builtin_plugin.TRANSFORMS, "trainers": builtin_plugin.TRAINERS}
+    for kind, table in tables.items():
+        assert {n: resolve(ref) for n, ref in table.items()} == expected[kind], kind
+        assert {n: obj for n, (obj, _) in registry(kind).items()} == expected[kind], kind
+    # descriptions read from the source equal the imported docstrings' first lines
+    for name, ref in builtin_plugin.TRAINERS.items():
+        module, _, attr = ref.partition(":")
+        assert _source_docstring(module, attr).splitlines()[0] == resolve(ref).__doc__.strip().splitlines()[0], name

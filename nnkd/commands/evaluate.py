@@ -23,7 +23,9 @@ def register(subparsers) -> None:
                    help="prediction CSV(s) (case_id,prob_<class>...,predicted,label); several = one per level")
     _add_labels_option(p)
     p.add_argument("-o", "--output", required=True, metavar="REPORT", help="report folder")
-    p.add_argument("--names", nargs="+", metavar="NAME", help="level names, one per file (default: file stems)")
+    p.add_argument("--names", nargs="+", metavar="NAME",
+                   help="model name (one file) or level names (one per file), shown in the plot titles (default: "
+                        "the file name, or its folder for a generic name such as classification.csv)")
     p.add_argument("--n-bins", type=int, default=10, help="calibration bins (default 10)")
     p.add_argument("--detection", action="store_true",
                    help="lesion detection: FROC of one detection CSV against the ground truth given by --labels")
@@ -36,7 +38,9 @@ def register(subparsers) -> None:
     c.add_argument("b", metavar="B.csv", help="predictions of model B")
     _add_labels_option(c)
     c.add_argument("-o", "--output", metavar="OUT.json", help="also write the comparison as JSON")
-    c.add_argument("--names", nargs=2, metavar=("A", "B"), help="model names (default: file stems)")
+    c.add_argument("--names", nargs=2, metavar=("A", "B"),
+                   help="model names (default: the file names, or their folders for a generic name such as "
+                        "classification.csv; further parent folders while the names clash)")
     _add_common_options(c)
     c.set_defaults(func=run_compare)
 
@@ -76,6 +80,34 @@ def _read_labels(spec: str | None):
     return read_labels_source(spec)
 
 
+#: file stems that name no model: a prediction folder's own files
+GENERIC_STEMS = {"classification", "predictions", "prediction", "detections", "pred", "preds", "validation"}
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Distinct display names for prediction files: the file stem, or its folder when the stem is
+    generic (``a/classification.csv`` -> ``a``); clashing names take in further parent folders
+    (``x/preds/classification.csv`` -> ``x/preds``), and names still equal get ``A:``, ``B:`` ... ."""
+    parts = [Path(os.path.abspath(p)).with_suffix("").parts[:0:-1] for p in paths]  # stem, folder, ... (no root)
+    first = [1 if p[0].lower() in GENERIC_STEMS and len(p) > 1 else 0 for p in parts]
+    count = [1] * len(paths)
+
+    def names_now():
+        return ["/".join(reversed(p[f:f + c])) for p, f, c in zip(parts, first, count)]
+
+    names = names_now()
+    while True:
+        clash = [i for i, n in enumerate(names) if names.count(n) > 1 and first[i] + count[i] < len(parts[i])]
+        if not clash:
+            break
+        for i in clash:
+            count[i] += 1
+        names = names_now()
+    if len(set(names)) != len(names):
+        names = [f"{chr(ord('A') + i)}:{n}" if i < 26 else f"{i}:{n}" for i, n in enumerate(names)]
+    return names
+
+
 def _level_names(paths: list[str], names: list[str] | None) -> list[str]:
     if names is not None:
         if len(names) != len(paths):
@@ -101,7 +133,7 @@ def run_evaluate(args) -> int:
         return _run_detection(args)
     from nnkd.evaluation.classification import evaluate
     from nnkd.evaluation.levels import levels_table
-    from nnkd.evaluation.predictions import read_prediction_csv
+    from nnkd.evaluation.predictions import align, read_prediction_csv
     from nnkd.evaluation.report import format_levels, format_metrics, write_levels_report, write_report
 
     names = _level_names(args.predictions, args.names)
@@ -111,12 +143,24 @@ def run_evaluate(args) -> int:
             raise NNKDError(f"{pred.source} has classes {pred.class_names}, {preds[0].source} has "
                             f"{preds[0].class_names}: levels must come from the same model")
     labels_arg = _read_labels(args.labels)
+    # every refusal (no labels, missing cases) comes before the first line of progress, listing all files
+    truth, problems = [], []
+    for pred in preds:
+        try:
+            class_names, labels = _labels_for(pred, labels_arg)
+            align(pred, labels, class_names, args.allow_missing)
+            truth.append((class_names, labels))
+        except NNKDError as e:
+            problems.append(str(e))
+    if problems:
+        raise NNKDError("\n".join(problems))
+    titles = names if args.names is not None or len(preds) > 1 else model_names(args.predictions)
     results = {}
-    for name, pred in zip(names, preds):
+    for name, title, pred, (class_names, labels) in zip(names, titles, preds, truth):
         print(f"evaluating {pred.source} ({len(pred.case_ids)} cases, {args.n_bootstrap} bootstrap resamples)")
-        class_names, labels = _labels_for(pred, labels_arg)
         results[name] = evaluate(pred, labels, class_names, allow_missing=args.allow_missing,
                                  n_bootstrap=args.n_bootstrap, seed=args.seed, n_bins=args.n_bins)
+        results[name]["model"] = title  # plot titles
 
     if len(results) == 1:
         result = next(iter(results.values()))
@@ -175,7 +219,7 @@ def run_compare(args) -> int:
     from nnkd.io import write_json
 
     a, b = read_prediction_csv(args.a), read_prediction_csv(args.b)
-    names = args.names or [Path(args.a).stem, Path(args.b).stem]
+    names = args.names or model_names([args.a, args.b])
     if names[0] == names[1]:
         names = [f"A:{names[0]}", f"B:{names[1]}"]
     class_names, labels = _labels_for(a, _read_labels(args.labels))

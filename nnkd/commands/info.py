@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from nnkd.environment import NNUNET_PATH_VARS, SHIM_FOLDER, ext_trainer_value, workspace_env
-from nnkd.hooks import KINDS, get_plugin_manager, registry
+from nnkd.hooks import KINDS, entries, get_plugin_manager, summary
 
 def _env(args) -> int:
     import shlex
@@ -23,11 +23,11 @@ def _env(args) -> int:
 
 
 def _trainers(args) -> int:
-    reg = registry("trainers")
+    reg = entries("trainers")  # descriptions are read without importing the trainers (torch, nnU-Net)
     width = max(len(n) for n in reg)
     for name, (cls, plugin) in sorted(reg.items()):
-        doc = (cls.__doc__ or "").strip().splitlines()
-        print(f"{name:<{width}}  {doc[0] if doc else ''}" + (f"  [{plugin}]" if plugin != "nnkd.builtin" else ""))
+        print(f"{name:<{width}}  {summary(cls)}" + (f"  [{plugin}]" if plugin != "nnkd.builtin" else ""))
+    print("\nEach method, its losses and plan fields: docs/methods.md in the nnkd repository.")
     if os.path.abspath(SHIM_FOLDER) not in [os.path.abspath(p) for p in
                                             os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]:
         print('\nnnUNetv2_train finds these once you run:  eval "$(nnkd env)"')
@@ -42,7 +42,7 @@ def _plugins(args) -> int:
         origin = f"{dist.project_name} {dist.version}" if dist else "built-in"
         print(f"{name}  ({origin}; {source})")
         for kind in KINDS:
-            names = sorted(n for n, (_, owner) in registry(kind).items() if owner == name)
+            names = sorted(n for n, (_, owner) in entries(kind).items() if owner == name)
             if names:
                 print(f"  {kind}: {', '.join(names)}")
     return 0

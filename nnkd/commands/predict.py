@@ -143,13 +143,21 @@ def register(sub) -> None:
     p = sub.add_parser("predict", help="predict case classes (and segmentations) with an nnkd model folder",
                        description="nnU-Net preprocessing and sliding window; the class probability of a case is the "
                                    "mean softmax over all windows, mirrors and folds.")
-    p.add_argument("-i", required=True, help="folder of images named CASE_XXXX<ending> (the model's channels only)")
-    p.add_argument("-o", required=True, help="output folder (classification.csv + segmentations)")
-    p.add_argument("-m", required=True, help="model folder: nnUNet_results/DatasetX/<Trainer>__<plans>__<config>")
-    p.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: all fold_* present)")
-    p.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default %(default)s)")
-    p.add_argument("-device", default="cpu", choices=["cpu", "cuda"], help="default %(default)s")
-    p.add_argument("--save-probabilities", action="store_true", help="also write segmentation softmax (.npz)")
+    # nnUNetv2_predict's flags (-i -o -f -chk -device), each with a long form; dest keeps the short name
+    p.add_argument("-i", "--input", dest="i", required=True, metavar="INPUT_FOLDER",
+                   help="folder of images named CASE_XXXX<ending> (the model's channels only)")
+    p.add_argument("-o", "--output", dest="o", required=True, metavar="OUTPUT_FOLDER",
+                   help="output folder (classification.csv + segmentations)")
+    p.add_argument("-m", "--model", dest="m", required=True, metavar="MODEL_FOLDER",
+                   help="model folder: nnUNet_results/DatasetX/<Trainer>__<plans>__<config>")
+    p.add_argument("-f", "--folds", dest="f", nargs="+", default=None, metavar="FOLD",
+                   help="folds to ensemble, e.g. 0 1 2 or all (default: all fold_* present)")
+    p.add_argument("-chk", "--checkpoint", dest="chk", default="checkpoint_final.pth", metavar="CHECKPOINT",
+                   help="checkpoint file name in each fold folder (default %(default)s)")
+    p.add_argument("-device", "--device", default="cpu", choices=["cpu", "cuda"],
+                   help="device to predict on (default %(default)s)")
+    p.add_argument("--save-probabilities", "--save_probabilities", action="store_true",
+                   help="also write segmentation softmax (.npz)")
     p.add_argument("--save-attention", action="store_true",
                    help="also write each case's CBAM spatial-attention map, aligned with the input, to OUT/attention/")
     p.set_defaults(func=_predict)

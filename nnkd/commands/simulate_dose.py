@@ -10,16 +10,21 @@ def register(subparsers) -> None:
         description="Write one new nnU-Net raw dataset per dose, named DatasetNNN_<Src>Dose<I0>, whose CT "
                     "channel is re-simulated at that dose (photon noise on re-projected line integrals, "
                     "filtered back-projection); other channels, labels and dataset.json are copied.")
-    p.add_argument("src", help="source raw dataset: id or DatasetXXX_Name under $nnUNet_raw")
+    p.add_argument("src", metavar="DATASET", help="source raw dataset: id or DatasetXXX_Name under $nnUNet_raw")
     p.add_argument("--dose", type=float, nargs="+", required=True, metavar="I0",
                    help="incident photons per ray, e.g. 1e6 5e4 1e4 1e3 5e2 (one dataset each)")
-    p.add_argument("--id", type=int, required=True, dest="first_id",
+    p.add_argument("--id", type=int, required=True, dest="first_id", metavar="N",
                    help="dataset id of the first new dataset; the next doses get id+1, id+2, ...")
-    p.add_argument("--variant", choices=("physics", "line_integral"), default="physics")
+    p.add_argument("--variant", choices=("physics", "line_integral"), default="physics",
+                   help="physics: Poisson photon counts on exp(-line integral), Beer-Lambert (default); "
+                        "line_integral: Poisson noise on the line integrals of a min-max normalised slice, without "
+                        "Beer-Lambert, as the official REACT-KD script does")
     p.add_argument("--channel", type=int, default=0, help="index of the CT channel (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed (default 0); the noise of a file and dose does not depend on the other "
+                        "doses or on --workers")
     p.add_argument("--workers", type=int, default=2, help="processes over images (default 2)")
-    p.add_argument("--device", default="cpu", help="torch device for the projections (e.g. cuda)")
+    p.add_argument("-device", "--device", default="cpu", help="torch device for the projections: cpu (default) or cuda")
     p.add_argument("--overwrite", action="store_true", help="replace existing target datasets")
     p.set_defaults(func=handler)
 

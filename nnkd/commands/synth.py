@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 
 from nnkd.synthetic import KINDS
 
@@ -16,7 +17,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("synth", help="write small synthetic nnU-Net raw datasets with known ground truth")
     sub = p.add_subparsers(dest="kind", metavar="{" + ",".join(KINDS) + "}", required=True)
     for kind in KINDS:
-        module = importlib.import_module(f"nnkd.synthetic.{kind}")
+        module = _describe(kind)
         ndim = len(module.DEFAULT_SIZE)
         two = kind != "paired3d"
         k = sub.add_parser(kind, help=module.__doc__.splitlines()[0].split(": ", 1)[1],
@@ -40,6 +41,25 @@ def register(subparsers) -> None:
                            help="label 1 = the polyp (default: label 1 = the endoscope's field of view, no lesion "
                                 "information)")
         k.set_defaults(func=run)
+
+
+def _describe(kind: str):
+    """The docstring and DEFAULT_* constants of ``nnkd.synthetic.<kind>``, read from its source so
+    that building the parser (``nnkd --help``) does not import numpy/scipy; imported as a fallback."""
+    import ast
+    import os
+    import types
+
+    path = os.path.join(os.path.dirname(importlib.util.find_spec("nnkd.synthetic").origin), f"{kind}.py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        values = {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                  for t in node.targets if isinstance(t, ast.Name) and t.id.startswith("DEFAULT_")}
+        values["DEFAULT_SIZE"] = tuple(values["DEFAULT_SIZE"])
+        return types.SimpleNamespace(__doc__=ast.get_docstring(tree, clean=False), **values)
+    except (OSError, SyntaxError, ValueError, KeyError):
+        return importlib.import_module(f"nnkd.synthetic.{kind}")
 
 
 def run(args) -> int:

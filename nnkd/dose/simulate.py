@@ -3,7 +3,7 @@
 Volumes are SimpleITK arrays ``(Z, Y, X)`` in HU; the first axis is the axial slice index
 and every slice is simulated independently (parallel-beam, 2D). The output keeps the grid.
 
-``variant="physics"`` (default, METHODS.md section 1)::
+``variant="physics"`` (default, docs/methods.md)::
 
     mu   = mu_water * spacing * (1 + max(HU, -1000) / 1000)   attenuation per pixel (dimensionless)
     p    = Radon(mu)                                           line integrals, n_angles = slice width

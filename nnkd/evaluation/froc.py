@@ -1,4 +1,4 @@
-"""FROC analysis of lesion detections (CoMoTo's evaluation, METHODS.md section 3).
+"""FROC analysis of lesion detections (CoMoTo's evaluation, docs/methods.md).
 
 Inputs: a detection CSV (:mod:`nnkd.detection`) and the ground truth, either
 * a folder of label images (nnU-Net ``labelsTr`` style, any nnU-Net file ending, read with

@@ -18,6 +18,26 @@ def _ci_text(v: dict) -> str:
     return f"{v['value']:.3f}" + ("" if low is None else f" [{low:.3f}, {high:.3f}]")
 
 
+def _named(title: str, result: dict) -> str:
+    """``title`` prefixed with the result's model name (``result["model"]``), when it has one."""
+    model = result.get("model")
+    return f"{model}: {title}" if model else title
+
+
+def dca_ylim(model_curves, treat_all) -> tuple[float, float]:
+    """y-limits of a decision-curve panel: every model curve in view from top to bottom; treat-all
+    only down to a fifth of the top, so that its steep fall at high thresholds cannot squash the
+    curves that matter (treat-all's top, the prevalence, stays in view)."""
+    model = np.concatenate([np.asarray(c, dtype=float).ravel() for c in model_curves])
+    model = model[np.isfinite(model)]
+    everyone = np.asarray(treat_all, dtype=float)
+    everyone = everyone[np.isfinite(everyone)]
+    top = max(model.max() if model.size else 0.0, everyone.max() if everyone.size else 0.0, 0.01)
+    bottom = min(model.min() if model.size else 0.0, -0.2 * top)
+    pad = 0.05 * (top - bottom)
+    return bottom - pad, top + pad
+
+
 def plot_roc(result: dict) -> Figure:
     """ROC curve per scored class (one-vs-rest) and the macro average, AUC [95 % CI] in the legend."""
     fig = Figure(figsize=(6.0, 6.0), dpi=120, layout="constrained")
@@ -34,7 +54,7 @@ def plot_roc(result: dict) -> Figure:
                 label=f"macro: AUC {_ci_text(result['auc'])}")
     ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 - specificity (false positive rate)",
            ylabel="sensitivity (true positive rate)", aspect="equal",
-           title=f"ROC, n = {result['n_cases']}")
+           title=_named(f"ROC, n = {result['n_cases']}", result))
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return fig
@@ -55,9 +75,11 @@ def plot_decision_curve(result: dict) -> Figure:
     for ax, (name, curves) in zip(axes, panels):
         model = np.asarray(curves["model"], dtype=float)
         everyone = np.asarray(curves["treat_all"], dtype=float)
+        curves_in_view = [model]
         if name == "macro":
             for cls, c in dca["per_class"].items():
                 ax.plot(t, np.asarray(c["model"], dtype=float), linewidth=1, alpha=0.6, label=f"model, {cls}")
+                curves_in_view.append(c["model"])
             ax.plot(t, model, **_MACRO_STYLE, label="model, macro")
             title = "macro average (one-vs-rest)"
         else:
@@ -66,17 +88,16 @@ def plot_decision_curve(result: dict) -> Figure:
         ax.plot(t, everyone, color="C3", linestyle="--", linewidth=1.2,
                 label="treat all, macro" if name == "macro" else "treat all")
         ax.axhline(0.0, color="grey", linestyle=":", linewidth=1.2, label="treat none")
-        top = max(np.nanmax(model), np.nanmax(everyone), 0.01)
-        ax.set(xlim=(0, 1), ylim=(-0.25 * top, 1.1 * top), xlabel="threshold probability", ylabel="net benefit",
-               title=title)
+        ax.set(xlim=(0, 1), ylim=dca_ylim(curves_in_view, everyone), xlabel="threshold probability",
+               ylabel="net benefit", title=title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="lower left")  # curves start high on the left and fall to the right
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if len(panels) > 1:
-        fig.suptitle(f"Decision curves, n = {result['n_cases']}")
+        fig.suptitle(_named(f"Decision curves, n = {result['n_cases']}", result))
     else:
-        axes[0].set_title(f"Decision curve, {axes[0].get_title()}, n = {result['n_cases']}")
+        axes[0].set_title(_named(f"Decision curve, {axes[0].get_title()}, n = {result['n_cases']}", result))
     return fig
 
 
@@ -95,8 +116,8 @@ def plot_calibration(result: dict) -> Figure:
     filled = np.isfinite(acc)
     top.plot(conf[filled], acc[filled], "o-", color="C3", markersize=5, label="(mean confidence, accuracy)")
     top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    top.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability (ECE {cal['ece']:.3f}, "
-                                                   f"{cal['n_bins']} bins, n = {result['n_cases']})")
+    top.set(ylim=(0, 1), ylabel="accuracy", title=_named(f"Reliability (ECE {cal['ece']:.3f}, "
+                                                          f"{cal['n_bins']} bins, n = {result['n_cases']})", result))
     top.legend(loc="upper left", fontsize=8)
     top.grid(alpha=0.3)
     bottom.bar(centres, cal["count"], width=width, edgecolor="black", color="grey")

@@ -1,4 +1,4 @@
-"""Region-graph distillation (REACT-KD's L_graph), METHODS.md section 1.
+"""Region-graph distillation (REACT-KD's L_graph), docs/methods.md.
 
 Nodes are the connected regions of every foreground label of the segmentation target,
 nearest-downsampled to the chosen encoder stage's grid; a node's feature is the masked mean of

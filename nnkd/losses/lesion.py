@@ -1,4 +1,4 @@
-"""CoMoTo's lesion-aware losses (METHODS.md section 3) and the image-level KD baseline.
+"""CoMoTo's lesion-aware losses (docs/methods.md) and the image-level KD baseline.
 
 * ``"impa"``  teacher training: intra-modal point alignment of lesion keypoint features.
 * ``"lskd"``  student training: KL between batch-mean lesion keypoint features of an unpaired

@@ -217,6 +217,9 @@ class nnKDTrainer(nnUNetTrainer):
     # ----------------------------------------------------------------- files
     def on_train_start(self):
         super().on_train_start()
+        self.print_to_log_file(schedule_line(self.num_epochs, self.num_iterations_per_epoch,
+                                             self.num_val_iterations_per_epoch, self.current_epoch,
+                                             "num_epochs" in self.kd_plan["schedule"], self.kd_plan_source))
         self.dataloader_train = TimedLoader(self.dataloader_train)
         if self.local_rank == 0:
             write_json(os.path.join(self.output_folder, PLAN_FILENAME), self.kd_plan)
@@ -237,6 +240,12 @@ class nnKDTrainer(nnUNetTrainer):
         """Case ids that must not reach a shared model folder (those with a case label)."""
         entry = self.full_dataset_json.get("nnkd")
         return list(entry.get("case_labels") or {}) if isinstance(entry, dict) else []
+
+    def on_epoch_end(self):
+        epoch = self.current_epoch  # nnU-Net's on_epoch_end counts it up
+        super().on_epoch_end()
+        self.print_to_log_file(epoch_progress_line(epoch, self.num_epochs, self.logger.get_value(
+            "epoch_start_timestamps", step=None), self.logger.get_value("epoch_end_timestamps", step=None)))
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
@@ -329,3 +338,35 @@ class nnKDTrainer(nnUNetTrainer):
         self.logger.local_logger.add_keys([DATA_WAIT_KEY, *self.extra_log_keys()])
         if entry is not None:
             self.restore_nnkd_checkpoint_entry(entry)
+
+
+def schedule_line(epochs: int, iterations: int, val_iterations: int, start_epoch: int, from_plan: bool,
+                  plan_source: str) -> str:
+    """The training log's first statement of what will run (nnU-Net itself never says)."""
+    line = (f"training for {epochs} epochs of {iterations} iterations "
+            f"(+ {val_iterations} validation iterations each)")
+    if start_epoch > 0:
+        line += f", continuing at epoch {start_epoch + 1}"
+    if from_plan:
+        return line + f"; schedule from {plan_source}"
+    return line + ("; nnU-Net's default schedule: set schedule.num_epochs and schedule.num_iterations_per_epoch "
+                   "in the plan for a shorter run")
+
+
+def epoch_progress_line(epoch: int, epochs: int, starts: List[float], ends: List[float]) -> str:
+    """``epoch k of N`` (k counted from 1) with this run's mean epoch time and the time left at that pace."""
+    durations = [e - s for s, e in zip(starts, ends)]
+    line = f"epoch {epoch + 1} of {epochs} done"
+    if durations:
+        mean = float(np.mean(durations[-10:]))
+        left = mean * max(epochs - epoch - 1, 0)
+        line += f" ({mean:.1f} s per epoch, about {_duration(left)} left)"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

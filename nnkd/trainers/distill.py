@@ -238,7 +238,7 @@ class nnKDTrainerDistill(nnKDTrainerCls):
 
 
 class nnKDTrainerREACT(nnKDTrainerDistill):
-    """REACT-KD student: dual teachers, Hinton logit KD + region-graph KD, focal loss (METHODS.md section 1)."""
+    """REACT-KD student: dual teachers, Hinton logit KD + region-graph KD, focal loss (docs/methods.md)."""
 
     plan_defaults = {
         "name": "react_kd",

@@ -92,7 +92,7 @@ _GKD_DEN = {"relation_source": "cam", "lesion_threshold": 0.7, "background_thres
 
 
 class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
-    """PaGKD student: group-level prototype (GKD-Pro) and dense (GKD-Den) KD from an unpaired teacher (METHODS.md 2)."""
+    """PaGKD student: group-level prototype (GKD-Pro) and dense (GKD-Den) KD from an unpaired teacher (docs/methods.md)."""
 
     plan_defaults = {
         "name": "pagkd",
@@ -102,7 +102,7 @@ class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
 
 
 class nnKDTrainerImPA(nnKDTrainerDistill):
-    """CoMoTo lesion teacher: nnU-Net segmentation + intra-modal point alignment (ImPA, METHODS.md 3)."""
+    """CoMoTo lesion teacher: nnU-Net segmentation + intra-modal point alignment (ImPA, docs/methods.md)."""
 
     requires_teachers = False
     plan_defaults = {
@@ -113,7 +113,7 @@ class nnKDTrainerImPA(nnKDTrainerDistill):
 
 
 class nnKDTrainerCoMoTo(nnKDTrainerUnpaired):
-    """CoMoTo student: lesion-specific KD (LsKD) from an unpaired ImPA teacher, initialised from it (METHODS.md 3)."""
+    """CoMoTo student: lesion-specific KD (LsKD) from an unpaired ImPA teacher, initialised from it (docs/methods.md)."""
 
     plan_defaults = {
         "name": "comoto",

@@ -1,4 +1,4 @@
-"""Per-sample modality dropout for multi-modal teachers (REACT-KD, METHODS.md section 1)."""
+"""Per-sample modality dropout for multi-modal teachers (REACT-KD, docs/methods.md)."""
 from __future__ import annotations
 
 from typing import Sequence

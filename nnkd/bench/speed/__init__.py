@@ -39,6 +39,8 @@ one :mod:`.worker` process per teacher build and per case; the worker times with
 """
 from __future__ import annotations
 
+import argparse
+
 import os
 import time
 
@@ -47,8 +49,9 @@ from nnkd.errors import NNKDError
 
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(parser) -> None:
-    parser.add_argument("-o", "--out", default="bench_speed",
+    parser.add_argument("-o", "--output", dest="out", default="bench_speed", metavar="OUT",
                         help="output folder: speed.json, speed.md, speed.png (default ./bench_speed)")
+    parser.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # former name
     parser.add_argument("--workspace", default=None,
                         help="nnU-Net workspace for the synthetic datasets and teacher folders, reused when "
                              "present (default OUT/workspace; --quick: OUT/workspace_quick)")
