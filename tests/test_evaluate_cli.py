@@ -162,7 +162,6 @@ def test_evaluate_refuses_before_any_progress_line(data, capsys):
 
 
 def test_evaluate_missing_cases_refused_before_progress(data, capsys):
-    _needs_labels_module()
     tmp_path, ids, y = data
     (tmp_path / "few.csv").write_text("case_id,label\n" + "".join(f"{c},{CLASSES[k]}\n" for c, k in
                                                                   zip(ids[:10], y[:10])))

@@ -31,13 +31,13 @@ def register(subparsers) -> None:
                                                "pick the best trainer/configuration",
                               description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dataset", metavar="DATASET", help="dataset id (e.g. 501) or name (Dataset501_X)")
-    p.add_argument("-c", nargs="+", required=True, metavar="CONFIG", dest="configurations",
+    p.add_argument("-c", "--configurations", nargs="+", required=True, metavar="CONFIG", dest="configurations",
                    help="configuration(s), e.g. 3d_fullres 2d")
-    p.add_argument("-tr", nargs="+", required=True, metavar="TRAINER", dest="trainers",
+    p.add_argument("-tr", "--trainers", nargs="+", required=True, metavar="TRAINER", dest="trainers",
                    help="trainer class name(s), e.g. nnKDTrainerREACT nnKDTrainerClsBaseline")
-    p.add_argument("-p", nargs="+", default=["nnUNetPlans"], metavar="PLANS", dest="plans",
+    p.add_argument("-p", "--plans", nargs="+", default=["nnUNetPlans"], metavar="PLANS", dest="plans",
                    help="plans identifier(s) (default: nnUNetPlans)")
-    p.add_argument("-f", nargs="+", type=int, default=[0, 1, 2, 3, 4], metavar="FOLD", dest="folds",
+    p.add_argument("-f", "--folds", nargs="+", type=int, default=[0, 1, 2, 3, 4], metavar="FOLD", dest="folds",
                    help="folds to pool (default: 0 1 2 3 4)")
     p.add_argument("--allow-missing", action="store_true",
                    help="skip folds without a validation classification file (listed) instead of refusing")
