@@ -167,8 +167,10 @@ class nnKDTrainerDistill(nnKDTrainerCls):
     def loss_context_extras(self) -> Dict[str, Any]:
         if not getattr(self, "teachers", None):
             return {}
+        # teacher_weights: the plan's teachers[i].weight, for every loss that fuses several teachers
         return {"student_widths": list(self._bare_network().stage_widths),
-                "teacher_widths": [list(t.stage_widths) for t in self.teachers]}
+                "teacher_widths": [list(t.stage_widths) for t in self.teachers],
+                "teacher_weights": [float(t["weight"]) for t in self.kd_plan["teachers"]]}
 
     def teacher_outputs(self, b: Dict[str, Any]):
         """Every teacher's :class:`NetOutputs` on its channels of the batch.
