@@ -20,6 +20,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from nnkd.errors import NNKDError
+from nnkd.nets.cbam import MODES as CBAM_MODES
 
 PLAN_ENV = "NNKD_PLAN"
 PLAN_FILENAME = "nnkd_plan.json"
@@ -30,8 +31,11 @@ DEFAULTS: Dict[str, Any] = {
     "seed": None,
     "student": {"channels": None, "train_fraction": 1.0, "init_from_teacher": False},
     # head: average + max of every encoder stage, standardised, trained at 0.1 x the rate (nnkd/nets/head.py)
-    "network": {"cbam": True, "cbam_reduction": 8, "head_hidden": 256, "head_dropout": 0.2,
-                "head_stages": "all", "head_pool": "avgmax", "head_standardize": True, "head_lr_scale": 0.1},
+    # cbam_mode: x + CBAM(x) with centred spatial logits, so the attention cannot silence the bottleneck
+    # (nnkd/nets/cbam.py)
+    "network": {"cbam": True, "cbam_reduction": 8, "cbam_mode": "centred_residual", "head_hidden": 256,
+                "head_dropout": 0.2, "head_stages": "all", "head_pool": "avgmax", "head_standardize": True,
+                "head_lr_scale": 0.1},
     "classification": {
         "loss": "ce", "params": {}, "weight": 1.0, "seg_weight": 1.0,
         "balanced_sampling": False, "select_best_by": "ema_dice",
@@ -125,6 +129,8 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
         _typed(plan["network"]["head_stages"], int, "network.head_stages", source)
         if plan["network"]["head_stages"] < 1:
             _fail("network.head_stages", 'must be >= 1 or "all"', source)
+    if plan["network"]["cbam_mode"] not in CBAM_MODES:
+        _fail("network.cbam_mode", "must be one of " + ", ".join(f'"{m}"' for m in CBAM_MODES), source)
     if plan["network"]["head_pool"] not in ("avg", "avgmax"):
         _fail("network.head_pool", 'must be "avg" or "avgmax"', source)
     _typed(plan["network"]["head_standardize"], bool, "network.head_standardize", source)
@@ -185,6 +191,8 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan") -> Dict[str, Any]:
         if not t["paired"] and t["dataset"] is None:
             _fail(f"{f}.dataset", "an unpaired teacher needs the dataset its data comes from", source)
         _typed(t["weight"], (int, float), f"{f}.weight", source)
+        if not t["weight"] > 0:
+            _fail(f"{f}.weight", "must be > 0 (the teacher's weight in multi-teacher fusion)", source)
 
     _typed(plan["losses"], list, "losses", source)
     for i, loss in enumerate(plan["losses"]):

@@ -18,10 +18,14 @@ from nnkd.io import save_figure  # noqa: E402
 KD_PREFIX = "kd/"   # distillation terms (train)
 CLS_PREFIX = "cls/"  # classification loss and metrics
 DATA_WAIT_KEY = "time/data_wait"  # seconds per epoch the training loop waited for batches
+# Liveness of the CBAM bottleneck (train batches, epoch mean): the spatial attention's mean and the
+# RMS of the bottleneck after CBAM over its RMS before; both near 0 = a dead bottleneck.
+ATTENTION_MEAN_KEY = "bottleneck/attention_mean"
+RMS_RATIO_KEY = "bottleneck/rms_ratio"
 
 
 class NNKDLocalLogger(LocalLogger):
-    """LocalLogger with ``add_keys`` and a four-panel progress.png."""
+    """LocalLogger with ``add_keys`` and a five-panel progress.png."""
 
     def add_keys(self, keys: Iterable[str]) -> None:
         for k in keys:
@@ -38,7 +42,7 @@ class NNKDLocalLogger(LocalLogger):
         kd = sorted(k for k in log if k.startswith(KD_PREFIX) and len(log[k]) >= n)
         cls = sorted(k for k in log if k.startswith(CLS_PREFIX) and len(log[k]) >= n)
         mk = {"marker": "o", "markersize": 4} if n < 30 else {}  # short runs: points stay visible
-        fig, axes = plt.subplots(4, 1, figsize=(12, 18))
+        fig, axes = plt.subplots(5, 1, figsize=(12, 22))
         ax = axes[0]
         ax.plot(x, log["train_losses"][:n], "b-", label="loss_tr", **mk)
         ax.plot(x, log["val_losses"][:n], "r-", label="loss_val", **mk)
@@ -69,6 +73,12 @@ class NNKDLocalLogger(LocalLogger):
             ax.legend(loc="upper left")
             ax4.legend(loc="upper right")
         ax = axes[3]
+        for k, style in ((ATTENTION_MEAN_KEY, "c-"), (RMS_RATIO_KEY, "c--")):
+            if len(log.get(k, [])) >= n:
+                ax.plot(x, log[k][:n], style, label=k.split("/")[1].replace("_", " ") + " (CBAM)", **mk)
+        ax.set_ylabel("bottleneck liveness")
+        ax.legend(loc="upper left")
+        ax = axes[4]
         ax.plot(x, [e - s for s, e in zip(log["epoch_start_timestamps"][:n], log["epoch_end_timestamps"][:n])],
                 "b-", label="epoch duration [s]", **mk)
         if len(log.get(DATA_WAIT_KEY, [])) >= n:
