@@ -160,7 +160,7 @@ def test_pro_weight_applies_to_both_terms():
     args = (_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(Y_S, Y_T))
     one, small = _loss("gkd_pro", w_pro=1.0)(*args), _loss("gkd_pro")(*args)
     for k in ("pro", "pcls"):
-        torch.testing.assert_close(small[k], 1e-3 * one[k])
+        torch.testing.assert_close(small[k], 0.1 * one[k])
 
 
 def test_pro_permutation_invariant_without_identity_encoding():

@@ -7,7 +7,7 @@ default (see below), and the teacher's features themselves never receive gradien
 torch.distributed the tokens, labels and relation labels are all-gathered (differentiably) so
 groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
 
-Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.001) and
+Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.1) and
 ``den`` (times ``w_den``, default 1), plus counters. **Convention: keys starting with ``n_``
 are detached counters for the log, not loss terms**; the trainer sums only the other keys.
 ``n_skipped_classes`` counts the classes present in only one modality's (global) batch: they
