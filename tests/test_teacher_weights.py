@@ -41,7 +41,7 @@ def _trainer_context(weights):
     """What nnKDTrainerDistill passes to loss constructors for a plan with these teacher weights."""
     plan = {"teachers": [{"weight": w} for w in weights]}
     fake = SimpleNamespace(teachers=[SimpleNamespace(stage_widths=[4, 8])] * len(weights), kd_plan=plan,
-                           _bare_network=lambda: SimpleNamespace(stage_widths=[4, 8]))
+                           _bare_network=lambda: SimpleNamespace(stage_widths=[4, 8]), _lesion_context=lambda: {})
     return nnKDTrainerDistill.loss_context_extras(fake)
 
 
