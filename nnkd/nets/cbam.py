@@ -35,7 +35,10 @@ class CBAM(nn.Module):
     sign then drive a random walk with momentum's 100x step, and the first excursion into saturation
     is absorbing: at ``Ms ~ 0`` both ``sigmoid'`` and the gated features vanish, so no gradient pulls
     it back while the stored momentum carries it further (kernel sum on the max map -0.1 -> -8 in
-    100 steps). Every loss reading the last stage then sees zeros and sends no gradient.
+    100 steps). Every loss reading the last stage then sees zeros and sends no gradient. The walk
+    can end at the other side too: on the paired 3D benchmark (segmentation loss on) the kernel sum
+    drifted to +14 and the attention to a constant 0.997 within 45 steps, alive but no longer
+    attending to anything.
     Centring removes exactly that unconstrained offset: ``Ms`` keeps a per-sample mean near 0.5 and
     learns only *where* to attend (its function), so it cannot close as a whole. The shortcut is how
     the CBAM paper uses the module (on the residual branch of a ResNet block, output = shortcut +
