@@ -20,7 +20,6 @@ import os
 from typing import Any, Dict, List, Optional
 
 from nnkd.errors import NNKDError
-from nnkd.nets.cbam import MODES as CBAM_MODES
 
 PLAN_ENV = "NNKD_PLAN"
 PLAN_FILENAME = "nnkd_plan.json"
@@ -56,6 +55,7 @@ LOSS_DEFAULTS = {"name": None, "weight": 1.0, "params": {}}
 SCHEDULE_KEYS = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
                  "initial_lr", "save_every"}
 SELECT_BEST = ("ema_dice", "auc")
+CBAM_MODES = ("centred_residual", "centred", "plain")  # nnkd.nets.cbam.MODES (kept here: no torch import)
 INIT_FROM_TEACHER = (False, True, "auto")
 
 
