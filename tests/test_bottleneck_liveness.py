@@ -126,3 +126,14 @@ def test_liveness_statistics_of_one_batch():
     assert stats[ATTENTION_MEAN_KEY] == pytest.approx(0.25) and stats[RMS_RATIO_KEY] == pytest.approx(0.25)
     Out.attention = None
     assert bottleneck_liveness(Out()) == {}
+
+
+def test_plan_knows_every_cbam_mode_and_defaults_to_the_live_one():
+    from nnkd.nets.cbam import MODES
+    from nnkd.plan import CBAM_MODES, validate_plan
+
+    assert CBAM_MODES == MODES and DEFAULTS["network"]["cbam_mode"] == "centred_residual"
+    from nnkd.errors import NNKDError
+
+    with pytest.raises(NNKDError, match="network.cbam_mode': must be one of"):
+        validate_plan({"name": "x", "network": {"cbam_mode": "residual"}}, "p.json")
