@@ -43,8 +43,11 @@ DEFAULTS: Dict[str, Any] = {
     "seed": None,
     "student": {"channels": None, "train_fraction": 1.0, "init_from_teacher": False},
     # head: average + max of every encoder stage, standardised, trained at 0.1 x the rate (nnkd/nets/head.py)
-    "network": {"cbam": True, "cbam_reduction": 8, "head_hidden": 256, "head_dropout": 0.2,
-                "head_stages": "all", "head_pool": "avgmax", "head_standardize": True, "head_lr_scale": 0.1},
+    # cbam_mode: x + CBAM(x) with centred spatial logits, so the attention cannot silence the bottleneck
+    # (nnkd/nets/cbam.py)
+    "network": {"cbam": True, "cbam_reduction": 8, "cbam_mode": "centred_residual", "head_hidden": 256,
+                "head_dropout": 0.2, "head_stages": "all", "head_pool": "avgmax", "head_standardize": True,
+                "head_lr_scale": 0.1},
     "classification": {
         "loss": "ce", "params": {}, "weight": 1.0, "seg_weight": 1.0,
         "balanced_sampling": False, "select_best_by": "ema_dice",
@@ -65,6 +68,7 @@ LOSS_DEFAULTS = {"name": None, "weight": 1.0, "params": {}}
 SCHEDULE_KEYS = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
                  "initial_lr", "save_every"}
 SELECT_BEST = ("ema_dice", "auc")
+CBAM_MODES = ("centred_residual", "centred", "plain")  # nnkd.nets.cbam.MODES (kept here: no torch import)
 INIT_FROM_TEACHER = (False, True, "auto")
 
 
@@ -214,6 +218,9 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan",
                 if net["head_stages"] < 1:
                     _fail("network.head_stages", 'must be >= 1 or "all"', source)
         with p.check():
+            if net["cbam_mode"] not in CBAM_MODES:
+                _fail("network.cbam_mode", "must be one of " + ", ".join(f'"{m}"' for m in CBAM_MODES), source)
+        with p.check():
             if net["head_pool"] not in ("avg", "avgmax"):
                 _fail("network.head_pool", 'must be "avg" or "avgmax"', source)
         with p.check():
@@ -336,6 +343,8 @@ def _validate_teacher(plan: Dict[str, Any], i: int, names: set, source: str, p: 
             _fail(f"{f}.dataset", "an unpaired teacher needs the dataset its data comes from", source)
     with p.check():
         _weight(t["weight"], f"{f}.weight", source)
+        if t["weight"] == 0:  # the fused teacher distribution is a weighted mean: all-zero weights divide by 0
+            _fail(f"{f}.weight", "must be > 0 (the teacher's weight in multi-teacher fusion)", source)
     return t["name"] if isinstance(t["name"], str) else ""
 
 

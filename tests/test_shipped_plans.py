@@ -58,7 +58,7 @@ def test_quality_method_plan_carries_the_trainers_losses():
     # the loss comes from nnKDTrainerPaGKDProOnly's defaults, its warm-up capped to this schedule
     assert [loss["name"] for loss in plan["losses"]] == ["gkd_pro"]
     assert plan["losses"][0]["params"]["warmup_epochs"] == min(5, sched.epochs // 5)
-    assert plan["losses"][0]["params"]["w_pro"] == 0.001
+    assert plan["losses"][0]["params"]["w_pro"] == 0.1
     assert lookup("trainers", m.trainer).plan_defaults["losses"][0]["params"]["warmup_epochs"] == 5  # not mutated
 
 

@@ -4,8 +4,10 @@ Contract for every registered loss (see also :mod:`nnkd.hooks`):
 
 * Construction: ``factory(**plan_params, **context)``; ``context`` holds those of
   ``student_widths`` (channels per encoder stage, shallow to deep), ``teacher_widths``
-  (one such list per teacher), ``num_classes`` and ``spatial_dims`` that the factory's
-  signature names. Learnable parts (adapters, projections) are created here.
+  (one such list per teacher), ``teacher_weights`` (the plan's ``teachers[i].weight``),
+  ``stage_strides`` (cumulative stride per stage and axis) and ``lesion_extent`` (per axis, from
+  the training masks; only for losses naming it), ``num_classes`` and ``spatial_dims`` that the
+  factory's signature names. Learnable parts (adapters, projections) are created here.
 * Call: ``loss(student, teachers, batch)`` with ``student`` a
   :class:`nnkd.nets.outputs.NetOutputs`, ``teachers`` a sequence of them (may be empty) and
   ``batch`` a dict with

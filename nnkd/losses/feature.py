@@ -2,19 +2,20 @@
 
 Stages index ``NetOutputs.features`` (shallow to deep, each ``(B, C, *spatial)``; negative =
 from the deepest). One implementation for 2D and 3D. Teacher features are detached; the
-result is the mean over teachers (and stages). Where the student's stage grid differs from
+result is the mean over stages and the mean over teachers weighted by ``teacher_weights`` (the
+plan's ``teachers[i].weight``; equal weights when not given). Where the student's stage grid differs from
 the teacher's, the student side is resampled (linear interpolation) to the teacher's grid.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.losses.registry import register_loss, widths_at
+from nnkd.losses.registry import check_teacher_weights, register_loss, teacher_weight_vector, widths_at
 
 _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
@@ -38,8 +39,9 @@ class FitNet(nn.Module):
     adapter (student width -> teacher width) per teacher."""
 
     def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]],
-                 spatial_dims: int, stage: int = -1):
+                 spatial_dims: int, stage: int = -1, teacher_weights: Optional[Sequence[float]] = None):
         super().__init__()
+        self.teacher_weights = check_teacher_weights("fitnet", teacher_weights, teacher_widths)
         if spatial_dims not in _LINEAR:
             raise NNKDError(f"loss 'fitnet': spatial_dims must be 1, 2 or 3, got {spatial_dims}")
         cs, cts = widths_at("fitnet", student_widths, teacher_widths, stage)
@@ -56,7 +58,8 @@ class FitNet(nn.Module):
         for adapter, t in zip(self.adapters, teachers):  # a loop over the 1-2 teachers
             ft = t.features[self.stage].detach()
             losses.append(F.mse_loss(resize_to(adapter(fs), ft.shape[2:]), ft))
-        return torch.stack(losses).mean()
+        losses = torch.stack(losses)
+        return teacher_weight_vector("fitnet", self.teacher_weights, len(losses), losses) @ losses
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
@@ -76,8 +79,10 @@ def at_loss(fs: Tensor, ft: Tensor, p: float = 2.0) -> Tensor:
 class AttentionTransfer(nn.Module):
     """Attention transfer over ``stages`` (default the three deepest), mean over stages and teachers."""
 
-    def __init__(self, stages: Union[int, Sequence[int]] = (-3, -2, -1), p: float = 2.0):
+    def __init__(self, stages: Union[int, Sequence[int]] = (-3, -2, -1), p: float = 2.0,
+                 teacher_weights: Optional[Sequence[float]] = None, teacher_widths=None):
         super().__init__()
+        self.teacher_weights = check_teacher_weights("at", teacher_weights, teacher_widths)
         self.stages = [stages] if isinstance(stages, int) else list(stages)
         if not self.stages:
             raise NNKDError("loss 'at': stages is empty")
@@ -86,5 +91,6 @@ class AttentionTransfer(nn.Module):
     def forward(self, student, teachers, batch) -> Tensor:
         if len(teachers) == 0:
             return sum(student.features[s].sum() for s in self.stages) * 0
-        return torch.stack([at_loss(student.features[s], t.features[s].detach(), self.p)
-                            for t in teachers for s in self.stages]).mean()
+        per_teacher = torch.stack([torch.stack([at_loss(student.features[s], t.features[s].detach(), self.p)
+                                                for s in self.stages]).mean() for t in teachers])
+        return teacher_weight_vector("at", self.teacher_weights, len(teachers), per_teacher) @ per_teacher

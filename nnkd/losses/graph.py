@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.losses.registry import register_loss, widths_at
+from nnkd.losses.registry import check_teacher_weights, register_loss, teacher_weight_vector, widths_at
 from nnkd.ops.components import regions
 from nnkd.ops.sinkhorn import sinkhorn
 
@@ -157,7 +157,8 @@ class RegionGraphKD(nn.Module):
         2D and 3D plans alike, stride 8 in a default 6-stage 3d_fullres).
     fusion: ``"loss"`` averages the teachers' graph losses (one projection per teacher);
         ``"features"`` averages the teachers' normalised node features first (equal teacher
-        widths and identical teacher regions required).
+        widths and identical teacher regions required). Both averages are weighted by
+        ``teacher_weights`` (the plan's ``teachers[i].weight``; equal when not given).
     plan_normalisation: ``"row"`` (``P`` everywhere) or ``"raw"`` (official code: raw ``pi``
         in the edge and gw terms).
     """
@@ -166,8 +167,10 @@ class RegionGraphKD(nn.Module):
 
     def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]], stage: int = -3,
                  fusion: str = "loss", plan_normalisation: str = "row", eps: float = 0.05, iters: int = 100,
-                 w_node: float = 1.0, w_edge: float = 1.0, w_gw: float = 1.0):
+                 w_node: float = 1.0, w_edge: float = 1.0, w_gw: float = 1.0,
+                 teacher_weights: Optional[Sequence[float]] = None):
         super().__init__()
+        self.teacher_weights = check_teacher_weights("region_graph", teacher_weights, teacher_widths)
         if fusion not in ("loss", "features"):
             raise NNKDError(f"loss 'region_graph': fusion must be 'loss' or 'features', got {fusion!r}")
         if plan_normalisation not in ("row", "raw"):
@@ -222,7 +225,8 @@ class RegionGraphKD(nn.Module):
                     raise NNKDError(f"loss 'region_graph': fusion='features' needs the teachers to share their "
                                     f"regions (teacher_seg_target and stage grid), but teacher {k} differs from "
                                     f"teacher 0 (use fusion='loss')")
-            fused = torch.stack([F.normalize(x, dim=-1) for _, x, _ in t_nodes]).mean(0)
+            tw = teacher_weight_vector("region_graph", self.teacher_weights, len(t_nodes), fs)
+            fused = torch.einsum("t,t...->...", tw, torch.stack([F.normalize(x, dim=-1) for _, x, _ in t_nodes]))
             xts = [(F.normalize(fused, dim=-1), t_nodes[0][2])]
         else:
             xts = [(F.normalize(x, dim=-1), m) for _, x, m in t_nodes]
@@ -238,7 +242,9 @@ class RegionGraphKD(nn.Module):
         width = torch.tensor([x.shape[2] for x in xss], device=fs.device).repeat_interleave(b)
         per_graph = graph_terms(xs, xt, ms, mt, self.eps, self.iters, self.raw_plan, width).view(n_t, b, 3)
         ok = ((ms.sum(1) >= 2) & (mt.sum(1) >= 2)).view(n_t, b)
-        total = ((per_graph * ok[..., None]).sum(1) / ok.sum(1, keepdim=True).clamp_min(1)).mean(0)
+        per_teacher = (per_graph * ok[..., None]).sum(1) / ok.sum(1, keepdim=True).clamp_min(1)  # (n_t, 3)
+        total = teacher_weight_vector("region_graph", None if self.fusion == "features" else self.teacher_weights,
+                                      n_t, per_teacher) @ per_teacher
         out = dict(zip(self.TERMS, (total * self.weights.to(total.dtype)).unbind()))
         out["n_skipped"] = ((~ok).sum() / n_t).detach().float()
         return out

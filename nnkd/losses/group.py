@@ -2,12 +2,12 @@
 
 ``teachers[0]`` ran on its own batch with labels ``batch["teacher_class_target"][0]``; images are
 matched by class, never by index. Both last-stage maps are embedded by 1x1 convolutions (a
-per-token ``nn.Linear``, ndim-generic) to d = 128; the teacher-side embedding trains although
-the teacher is frozen, the teacher's features themselves never receive gradients. Under
+per-token ``nn.Linear``, ndim-generic) to d = 128; the teacher-side embedding is frozen by
+default (see below), and the teacher's features themselves never receive gradients. Under
 torch.distributed the tokens, labels and relation labels are all-gathered (differentiably) so
 groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
 
-Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.001) and
+Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.1) and
 ``den`` (times ``w_den``, default 1), plus counters. **Convention: keys starting with ``n_``
 are detached counters for the log, not loss terms**; the trainer sums only the other keys.
 ``n_skipped_classes`` counts the classes present in only one modality's (global) batch: they
@@ -20,7 +20,18 @@ forms a group with teacher image j alone, which the class-matched teacher stream
 have the same class; prototypes, contrast negatives (the other pairs) and dense pairs are then
 per image pair, and GKD-Den sums over pairs instead of classes.
 
-Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True), ``level``; the options of
+Embeddings and the collapse they must not allow: with biased embeddings and a trainable teacher
+embedding, GKD-Den has a trivial minimum, both weight matrices at 0 so that every token is its
+embedding's bias (all cosines 1, loss 0 whatever the features; measured on the synthetic unpaired
+benchmark: 0.78 -> 0.001 within three epochs after the warm-up, the student's CE at chance). So by
+default both embeddings are bias-free (a token is a linear function of its feature vector; zero
+features give zero tokens, which the cosine loss scores 1, not 0) and the teacher's embedding is a
+frozen random orthogonal projection (``teacher_embedding="frozen"``): the teacher tokens keep
+the teacher's spatial structure, which the student tokens can only reconstruct by carrying it.
+``teacher_embedding="trainable"`` (the paper) and ``embed_bias=True`` (the paper's code) are options.
+
+Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True), ``level``, ``embed_bias``
+(False), ``teacher_embedding`` ("frozen" | "trainable"); the options of
 :class:`~nnkd.losses.group_pro.GroupPrototypeLoss` and/or
 :class:`~nnkd.losses.group_dense.GroupDenseLoss`, passed flat (an unknown name is a TypeError
 listing the known ones).
@@ -44,6 +55,7 @@ from nnkd.nets.outputs import NetOutputs
 _COMPONENTS = {"pro": (GroupPrototypeLoss, ("pro", "pcls")), "den": (GroupDenseLoss, ("den",))}
 _BUILT_BY_US = {"self", "embed_dim", "num_classes"}
 LEVELS = ("group", "image")
+TEACHER_EMBEDDINGS = ("frozen", "trainable")
 
 
 def _options_of(cls) -> set:
@@ -65,19 +77,28 @@ class _GroupKD(nn.Module):
 
     def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]], num_classes: int,
                  embed_dim: int = 128, warmup_epochs: int = 5, gather: bool = True, level: str = "group",
-                 **options):
+                 embed_bias: bool = False, teacher_embedding: str = "frozen", **options):
         super().__init__()
         if level not in LEVELS:
             raise ValueError(f"loss {self.name!r}: level {level!r}; known: {', '.join(LEVELS)}")
+        if teacher_embedding not in TEACHER_EMBEDDINGS:
+            raise ValueError(f"loss {self.name!r}: teacher_embedding {teacher_embedding!r}; "
+                             f"known: {', '.join(TEACHER_EMBEDDINGS)}")
         self.level = level
         known = set().union(*(_options_of(_COMPONENTS[p][0]) for p in self.parts))
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"loss {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"known: embed_dim, warmup_epochs, gather, level, {', '.join(sorted(known))}")
+                            f"known: embed_dim, warmup_epochs, gather, level, embed_bias, teacher_embedding, "
+                            f"{', '.join(sorted(known))}")
         self.num_classes, self.warmup_epochs, self.gather = num_classes, warmup_epochs, gather
-        self.embed_s = nn.Linear(student_widths[-1], embed_dim)
-        self.embed_t = nn.Linear(teacher_widths[0][-1], embed_dim)
+        self.embed_s = nn.Linear(student_widths[-1], embed_dim, bias=embed_bias)
+        self.embed_t = nn.Linear(teacher_widths[0][-1], embed_dim, bias=embed_bias)
+        for embed in (self.embed_s, self.embed_t):  # norm-preserving start (the frozen one keeps it)
+            nn.init.orthogonal_(embed.weight)
+            if embed.bias is not None:
+                nn.init.zeros_(embed.bias)
+        self.embed_t.requires_grad_(teacher_embedding == "trainable")
         pro_opts, den_opts = _pick(options, GroupPrototypeLoss), _pick(options, GroupDenseLoss)
         self.pro = GroupPrototypeLoss(embed_dim, num_classes, **pro_opts) if "pro" in self.parts else None
         self.den = GroupDenseLoss(embed_dim, **den_opts) if "den" in self.parts else None
@@ -99,7 +120,7 @@ class _GroupKD(nn.Module):
 
     def _zero(self, *tensors: Tensor) -> Tensor:
         """A zero depending on ``tensors`` and on every parameter (consistent graphs under DDP)."""
-        return sum(t.sum() for t in (*tensors, *self.parameters())) * 0.0
+        return sum(t.sum() for t in (*tensors, *(p for p in self.parameters() if p.requires_grad))) * 0.0
 
     def forward(self, student: NetOutputs, teachers: Sequence[NetOutputs], batch: dict) -> Dict[str, Tensor]:
         if not teachers:

@@ -97,7 +97,11 @@ class GroupPrototypeLoss(nn.Module):
     max_group_slots (64: size of the learnable image-identity table; image slot s of a group
     uses entry ``s % max_group_slots``, so larger groups share identities instead of failing
     mid-training), similarity ("cos" | "code"), tau (1), softmax_one (False),
-    w_pro (0.001: weight applied here to both terms).
+    w_pro (0.1: weight applied here to both terms). The official code's 0.001 makes GKD-Pro 0.1-0.4 %
+    of the student's loss, so under nnU-Net's SGD (the loss bank's parameters are one more group of
+    its optimiser, at the same poly learning rate) the queries and attention barely learn; at 0.1
+    the contrast (about 3 x log 5 = 4.8 for three classes at the start) and the prototype CE (log 3)
+    are about 0.6, the order of the student's CE, and their parameters get 100x the code's gradient.
 
     Prototype classification (``pcls``): each prototype is averaged over its N_q queries, one
     ``Linear(d, K)`` shared by both modalities maps it to logits, and the cross-entropy against
@@ -107,7 +111,7 @@ class GroupPrototypeLoss(nn.Module):
     def __init__(self, embed_dim: int, num_classes: int, num_queries: int = 12, num_heads: int = 16,
                  num_blocks: int = 1, self_attention: bool = False, mlp_ratio: float = 4.0,
                  max_group_slots: int = 64, similarity: str = "cos", tau: float = 1.0,
-                 softmax_one: bool = False, w_pro: float = 1e-3):
+                 softmax_one: bool = False, w_pro: float = 0.1):
         super().__init__()
         if similarity not in SIMILARITIES:
             raise ValueError(f"similarity {similarity!r}; known: {', '.join(SIMILARITIES)}")

@@ -6,9 +6,16 @@
 * ``"image_kd"`` baseline: the same KL over all spatial positions of the stage maps.
 
 Stage choice (``stage``): an int indexes ``NetOutputs.features`` (negative from the deep end);
-``"auto"`` (default) takes the stride-32 stage, ``min(5, n_stages - 1)``: nnU-Net's plans give
-stage 0 stride 1 and halve the in-plane size at every later stage, so stage 5 has stride 32 and
-encoders whose deepest stage has stride 16 use that deepest stage.
+``"auto"`` (default) takes the deepest stage on which the lesions still span ``min_cells`` (2.5)
+cells along every axis: the deepest ``s`` with ``lesion_extent / stage_strides[s] >= min_cells``,
+stage 0 if none. nnkd's trainers pass ``stage_strides`` (each stage's cumulative stride per axis,
+from the nnU-Net plans) and ``lesion_extent`` (per axis, the 5th percentile over the training
+lesions of their bounding-box side in voxels: a single clipped speck does not force the finest
+stage); a plan may give ``lesion_extent`` itself. Why: the keypoints of a lesion narrower than a
+cell all read the same interpolated vector, so lesion KD degenerates into image-level KD (the
+paper's stride-32 map suits its 448-px mammograms, not a 5-10 px lesion on a 64-px patch, where
+the stride-16 bottleneck is 4x4). Without strides or extent (direct use of the loss), ``"auto"``
+is the code's stride-32 stage, ``min(5, n_stages - 1)``.
 
 Counters: dict keys starting with ``n_`` are detached 0/1 flags (1 = this batch had no lesion on
 that side, so the loss term is an input-dependent zero); they are for logging, not loss terms,
@@ -30,13 +37,30 @@ Stage = Union[int, str]
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
+def lesion_stage(stage_strides: Sequence[Sequence[int]], lesion_extent: Sequence[float], min_cells: float = 2.5) -> int:
+    """The deepest stage whose cells are small enough for the lesions: ``lesion_extent[d] /
+    stage_strides[s][d] >= min_cells`` on every axis d; 0 when no stage qualifies."""
+    ok = [s for s, st in enumerate(stage_strides)
+          if all(float(e) / float(r) >= min_cells for e, r in zip(lesion_extent, st))]
+    return max(ok) if ok else 0
+
+
 def resolve_stage(stage: Stage, num_stages: int) -> int:
-    """Index into a ``num_stages``-long feature list for ``stage`` (int or ``"auto"``)."""
+    """Index into a ``num_stages``-long feature list for ``stage`` (int or ``"auto"`` without the lesion
+    information: the stride-32 stage; see :func:`fix_stage` for the lesion rule)."""
     if stage == "auto":
         return min(5, num_stages - 1)
     if not isinstance(stage, int) or not -num_stages <= stage < num_stages:
         raise ValueError(f"stage must be 'auto' or an int in [{-num_stages}, {num_stages - 1}], got {stage!r}")
     return stage % num_stages
+
+
+def fix_stage(stage: Stage, stage_strides: Optional[Sequence[Sequence[int]]],
+              lesion_extent: Optional[Sequence[float]], min_cells: float) -> Stage:
+    """``"auto"`` resolved by the lesion rule when strides and extent are known; otherwise ``stage`` as is."""
+    if stage == "auto" and stage_strides is not None and lesion_extent is not None:
+        return lesion_stage(stage_strides, lesion_extent, min_cells)
+    return stage
 
 
 def _flag(condition: bool, like: Tensor) -> Tensor:
@@ -64,8 +88,10 @@ class ImPALoss(nn.Module):
     """
 
     def __init__(self, beta: float = 2.0, stage: Stage = "auto", lesion_labels: Optional[Sequence[int]] = None,
-                 seed: int = 0):
+                 seed: int = 0, stage_strides: Optional[Sequence[Sequence[int]]] = None,
+                 lesion_extent: Optional[Sequence[float]] = None, min_cells: float = 2.5):
         super().__init__()
+        stage = fix_stage(stage, stage_strides, lesion_extent, min_cells)
         self.beta, self.stage, self.lesion_labels, self.seed = beta, stage, lesion_labels, seed
         self._generator: Optional[torch.Generator] = None
 
@@ -103,8 +129,12 @@ class _StageKD(nn.Module):
     """
 
     def __init__(self, alpha: float, temperature: float, stage: Stage, teacher_stage: Optional[Stage],
-                 student_widths: Optional[Sequence[int]], teacher_widths: Optional[Sequence[Sequence[int]]]):
+                 student_widths: Optional[Sequence[int]], teacher_widths: Optional[Sequence[Sequence[int]]],
+                 stage_strides=None, lesion_extent=None, min_cells: float = 2.5):
         super().__init__()
+        stage = fix_stage(stage, stage_strides, lesion_extent, min_cells)
+        if teacher_stage is not None:
+            teacher_stage = fix_stage(teacher_stage, stage_strides, lesion_extent, min_cells)
         self.alpha, self.temperature = alpha, temperature
         self.stage, self.teacher_stage = stage, stage if teacher_stage is None else teacher_stage
         self.proj: Optional[nn.Linear] = None
@@ -151,8 +181,11 @@ class LsKDLoss(_StageKD):
     def __init__(self, spatial_dims: int, alpha: float = 2.0, temperature: float = 4.0, stage: Stage = "auto",
                  teacher_stage: Optional[Stage] = None, lesion_labels: Optional[Sequence[int]] = None,
                  student_widths: Optional[Sequence[int]] = None,
-                 teacher_widths: Optional[Sequence[Sequence[int]]] = None):
-        super().__init__(alpha, temperature, stage, teacher_stage, student_widths, teacher_widths)
+                 teacher_widths: Optional[Sequence[Sequence[int]]] = None,
+                 stage_strides: Optional[Sequence[Sequence[int]]] = None,
+                 lesion_extent: Optional[Sequence[float]] = None, min_cells: float = 2.5):
+        super().__init__(alpha, temperature, stage, teacher_stage, student_widths, teacher_widths,
+                         stage_strides, lesion_extent, min_cells)
         self.lesion_labels = lesion_labels
         k = 3 ** spatial_dims
         self.point_map = nn.Linear(k, k, bias=False)
@@ -186,8 +219,11 @@ class ImageKDLoss(_StageKD):
 
     def __init__(self, alpha: float = 2.0, temperature: float = 4.0, stage: Stage = "auto",
                  teacher_stage: Optional[Stage] = None, student_widths: Optional[Sequence[int]] = None,
-                 teacher_widths: Optional[Sequence[Sequence[int]]] = None):
-        super().__init__(alpha, temperature, stage, teacher_stage, student_widths, teacher_widths)
+                 teacher_widths: Optional[Sequence[Sequence[int]]] = None,
+                 stage_strides: Optional[Sequence[Sequence[int]]] = None,
+                 lesion_extent: Optional[Sequence[float]] = None, min_cells: float = 2.5):
+        super().__init__(alpha, temperature, stage, teacher_stage, student_widths, teacher_widths,
+                         stage_strides, lesion_extent, min_cells)
 
     def forward(self, student, teachers, batch) -> Dict[str, Tensor]:
         fs, ft = self.stage_maps(student, teachers)

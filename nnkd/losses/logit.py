@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.losses.registry import register_loss
+from nnkd.losses.registry import check_teacher_weights, register_loss, teacher_weight_vector
 from nnkd.ops.precision import fp32
 
 
@@ -54,21 +54,11 @@ class LogitKD(nn.Module):
             raise NNKDError(f"loss 'logit_kd': variant must be 'kl' or 'mse', got {variant!r}")
         if T <= 0:
             raise NNKDError(f"loss 'logit_kd': T must be > 0, got {T}")
-        if teacher_weights is not None and teacher_widths is not None and len(teacher_weights) != len(teacher_widths):
-            raise NNKDError(f"loss 'logit_kd': teacher_weights has {len(teacher_weights)} entries for "
-                            f"{len(teacher_widths)} teachers")
         self.T, self.fusion, self.variant = float(T), fusion, variant
-        self.teacher_weights = None if teacher_weights is None else [float(w) for w in teacher_weights]
+        self.teacher_weights = check_teacher_weights("logit_kd", teacher_weights, teacher_widths)
 
     def _weights(self, n: int, like: Tensor) -> Tensor:
-        if self.teacher_weights is None:
-            w = like.new_ones(n)
-        elif len(self.teacher_weights) != n:
-            raise NNKDError(f"loss 'logit_kd': teacher_weights has {len(self.teacher_weights)} entries for "
-                            f"{n} teachers")
-        else:
-            w = like.new_tensor(self.teacher_weights)
-        return w / w.sum() if self.fusion == "mean_prob" else w
+        return teacher_weight_vector("logit_kd", self.teacher_weights, n, like, self.fusion == "mean_prob")
 
     def forward(self, student, teachers, batch) -> Tensor:
         zs = student.logits
@@ -120,13 +110,16 @@ class DKD(nn.Module):
     """Decoupled KD ``alpha * TCKD + beta * NCKD`` (batch mean), averaged over teachers.
 
     Needs ``batch["class_target"]``. Returns ``{"tckd": alpha * TCKD, "nckd": beta * NCKD}``.
+    With several teachers: their mean weighted by ``teacher_weights`` (the plan's ``teachers[i].weight``).
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0):
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, T: float = 4.0,
+                 teacher_weights: Optional[Sequence[float]] = None, teacher_widths=None):
         super().__init__()
         if T <= 0:
             raise NNKDError(f"loss 'dkd': T must be > 0, got {T}")
         self.alpha, self.beta, self.T = float(alpha), float(beta), float(T)
+        self.teacher_weights = check_teacher_weights("dkd", teacher_weights, teacher_widths)
 
     def forward(self, student, teachers, batch):
         zs = student.logits
@@ -136,4 +129,5 @@ class DKD(nn.Module):
         zt = _stack_teacher_logits(teachers, "dkd", zs.shape)
         target = batch["class_target"].long().expand(len(zt), -1)
         tckd, nckd = dkd_terms(zs.expand_as(zt), zt, target, self.T)  # (n_teachers, B) each
-        return {"tckd": self.alpha * tckd.mean(), "nckd": self.beta * nckd.mean()}
+        w = teacher_weight_vector("dkd", self.teacher_weights, len(zt), zs)
+        return {"tckd": self.alpha * (w @ tckd.mean(1)), "nckd": self.beta * (w @ nckd.mean(1))}

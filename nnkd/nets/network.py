@@ -12,7 +12,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import Tensor, nn
 
 from nnkd.errors import NNKDError
-from nnkd.nets.cbam import CBAM
+from nnkd.nets.cbam import CBAM, MODES as CBAM_MODES
 from nnkd.nets.head import POOLS, ClassificationHead
 from nnkd.nets.outputs import NetOutputs
 
@@ -24,6 +24,9 @@ class NetworkSettings:
     num_classes: int
     cbam: bool = True
     cbam_reduction: int = 8
+    # "plain" (the paper's CBAM output; model folders written before the field existed hold it),
+    # "centred" or "centred_residual" (nnkd's default for new models): see nnkd.nets.cbam
+    cbam_mode: str = "plain"
     head_hidden: int = 256
     head_dropout: float = 0.2
     # The next four default to the plain head (bottleneck average -> MLP), which is what model folders
@@ -68,6 +71,7 @@ _RULES = {  # field -> (validator, what the message asks for)
     "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "cbam": (lambda v: isinstance(v, bool), "true or false"),
     "cbam_reduction": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "cbam_mode": (lambda v: v in CBAM_MODES, " or ".join(f'"{m}"' for m in CBAM_MODES)),
     "head_hidden": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "head_dropout": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1,
                      "a number in [0, 1)"),
@@ -90,7 +94,8 @@ class NNKDNetwork(nn.Module):
     ``forward(x)`` returns exactly what the plain U-Net returns (segmentation logits, a list under
     deep supervision, full resolution first) and never evaluates the head. ``forward(x, return_all=True)``
     returns :class:`NetOutputs` with the class logits ``(B, K)``, the encoder features (the last one
-    after CBAM), the CBAM map ``(B, 1, *bottleneck)`` (``None`` without CBAM) and
+    after CBAM), the CBAM map ``(B, 1, *bottleneck)`` (``None`` without CBAM),
+    ``extras['pre_cbam']`` (the bottleneck before CBAM, for liveness statistics) and
     ``extras['classify']`` (the logits as a function of the bottleneck's global average ``(B, C)``, any
     other pooled feature of the head fixed at this batch's values: what Grad-CAM needs). The head pools
     the deepest ``head_stages`` stage outputs (see :mod:`nnkd.nets.head`). The flag (rather than a
@@ -98,7 +103,7 @@ class NNKDNetwork(nn.Module):
     """
 
     def __init__(self, unet: nn.Module, num_classes: int, spatial_dims: int, cbam: bool = True,
-                 cbam_reduction: int = 8, head_hidden: int = 256, head_dropout: float = 0.2,
+                 cbam_reduction: int = 8, cbam_mode: str = "plain", head_hidden: int = 256, head_dropout: float = 0.2,
                  head_stages: Union[int, str] = 1, head_pool: str = "avg", head_standardize: bool = False,
                  head_lr_scale: float = 1.0):
         super().__init__()
@@ -111,7 +116,7 @@ class NNKDNetwork(nn.Module):
         self.decoder = decoder
         self.spatial_dims = spatial_dims
         bottleneck = self.stage_widths[-1]
-        self.cbam = CBAM(bottleneck, spatial_dims, reduction=cbam_reduction) if cbam else None
+        self.cbam = CBAM(bottleneck, spatial_dims, reduction=cbam_reduction, mode=cbam_mode) if cbam else None
         widths = self.stage_widths
         if head_stages != "all" and not 1 <= int(head_stages) <= len(widths):
             raise NNKDError(f"head_stages {head_stages} is not within 1..{len(widths)} (the encoder's stages)")
@@ -127,13 +132,14 @@ class NNKDNetwork(nn.Module):
     def forward(self, x: Tensor, return_all: bool = False) -> Union[Tensor, List[Tensor], NetOutputs]:
         skips = list(self.encoder(x))
         attention: Optional[Tensor] = None
+        pre_cbam = skips[-1]
         if self.cbam is not None:
             skips[-1], attention = self.cbam(skips[-1])
         seg = self.decoder(skips)
         if not return_all:
             return seg
         return NetOutputs(seg=seg, logits=self.head(skips), features=skips, attention=attention,
-                          extras={"classify": self.head.classify_last_average(skips)})
+                          extras={"classify": self.head.classify_last_average(skips), "pre_cbam": pre_cbam})
 
     def classify_logits(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` for an input batch (inference convenience)."""

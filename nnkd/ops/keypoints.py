@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from typing import Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -161,3 +162,19 @@ def background_point_features(feature: Tensor, seg: Tensor, num_points: int,
     points, valid = background_points(seg, num_points, lesion_labels, generator, boxes)
     feats = sample_points(feature, points, seg.shape[-points.shape[-1]:])
     return feats * valid[:, None].to(feats.dtype), valid
+
+
+def training_lesion_extent(dataset, max_cases: int = 64, percentile: float = 5.0,
+                           lesion_labels: Optional[Sequence[int]] = None) -> Optional[list]:
+    """Per axis, the ``percentile`` of the lesion bounding-box sides (voxels) over the first ``max_cases``
+    cases of an nnU-Net dataset (``identifiers``, ``load_case(k) -> (data, seg, ...)``); ``None``
+    when they hold no lesion. Every foreground label counts as lesion unless ``lesion_labels``."""
+    sides = []
+    for k in list(dataset.identifiers)[:max_cases]:
+        seg = torch.from_numpy(np.asarray(dataset.load_case(k)[1][:]).astype(np.int64))  # (1, *S)
+        boxes, _, _ = lesion_boxes(seg[None].clamp_min(0), lesion_labels)
+        if boxes.numel():
+            sides.append((boxes[:, 1] - boxes[:, 0] + 1).numpy())
+    if not sides:
+        return None
+    return [round(float(v), 2) for v in np.percentile(np.concatenate(sides), percentile, axis=0)]

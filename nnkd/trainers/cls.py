@@ -22,7 +22,7 @@ from nnkd.inference import class_predictor, predict_classes
 from nnkd.labels import case_labels
 from nnkd.nets.network import build_network
 from nnkd.trainers.base import nnKDTrainer
-from nnkd.trainers.progress import CLS_PREFIX, KD_PREFIX
+from nnkd.trainers.progress import ATTENTION_MEAN_KEY, CLS_PREFIX, KD_PREFIX, RMS_RATIO_KEY
 
 
 class nnKDTrainerCls(nnKDTrainer):
@@ -51,7 +51,8 @@ class nnKDTrainerCls(nnKDTrainer):
 
     def extra_log_keys(self) -> List[str]:
         return super().extra_log_keys() + [CLS_PREFIX + k for k in ("train_loss", "val_loss", "val_acc", "val_auc",
-                                                                      "ema_val_auc")]
+                                                                      "ema_val_auc")] \
+            + ([ATTENTION_MEAN_KEY, RMS_RATIO_KEY] if self.kd_plan["network"]["cbam"] else [])
 
     def _loss_context(self, factory, params: Dict[str, Any]) -> Dict[str, Any]:
         """Plan params plus the context kwargs (num_classes, ...) the factory's signature names."""
@@ -179,6 +180,7 @@ class nnKDTrainerCls(nnKDTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 12)
             self.optimizer.step()  # nnKDTrainer's step hooks refuse non-finite learning rates and gradients
+        result.update(bottleneck_liveness(out))
         return result
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -188,6 +190,9 @@ class nnKDTrainerCls(nnKDTrainer):
         self.logger.log(CLS_PREFIX + "train_loss", means.pop("cls") / max(self.cls_weight, 1e-12),
                         self.current_epoch)
         means.pop("seg", None)
+        for key in (ATTENTION_MEAN_KEY, RMS_RATIO_KEY):
+            if key in train_outputs[0]:
+                self.logger.log(key, self._global_mean(np.mean([o[key] for o in train_outputs])), self.current_epoch)
         self.logger.local_logger.add_keys(KD_PREFIX + k for k in means)  # dict-valued losses name terms late
         for k, v in means.items():
             self.logger.log(KD_PREFIX + k, v, self.current_epoch)
@@ -242,6 +247,9 @@ class nnKDTrainerCls(nnKDTrainer):
         self.print_to_log_file(f"cls: train_loss {log(CLS_PREFIX + 'train_loss', -1):.4f} "
                                f"val_loss {log(CLS_PREFIX + 'val_loss', -1):.4f} "
                                f"val_acc {log(CLS_PREFIX + 'val_acc', -1):.3f} val_auc {log(CLS_PREFIX + 'val_auc', -1):.3f}")
+        if len(self.logger.local_logger.my_fantastic_logging.get(ATTENTION_MEAN_KEY, [])) > self.current_epoch:
+            self.print_to_log_file(f"bottleneck: CBAM spatial attention mean {log(ATTENTION_MEAN_KEY, -1):.4f}, "
+                                   f"RMS after/before CBAM {log(RMS_RATIO_KEY, -1):.4f}")
         for k in self.logger.local_logger.my_fantastic_logging:
             if k.startswith(KD_PREFIX):
                 self.print_to_log_file(f"{k}: {log(k, -1):.4f}")
@@ -288,6 +296,18 @@ class nnKDTrainerCls(nnKDTrainer):
         summary = write_classification_summary(csv, os.path.join(folder, "classification_summary.json"))
         self.print_to_log_file(f"classification on {len(probs)} validation cases: {summary}")
         self.set_deep_supervision_enabled(True)
+
+
+@torch.no_grad()
+def bottleneck_liveness(out) -> Dict[str, float]:
+    """CBAM spatial-attention mean and RMS(bottleneck after CBAM) / RMS(before) of one batch; ``{}``
+    without CBAM. Both near 0 mean the features every bottleneck loss reads are dead."""
+    pre = out.extras.get("pre_cbam") if out.extras else None
+    if out.attention is None or pre is None:
+        return {}
+    post_ms, pre_ms = out.features[-1].float().pow(2).mean(), pre.float().pow(2).mean()
+    return {ATTENTION_MEAN_KEY: float(out.attention.float().mean()),
+            RMS_RATIO_KEY: float((post_ms / pre_ms.clamp_min(1e-12)).sqrt())}
 
 
 class _Replay:

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from dataclasses import fields
 from typing import Any, Callable, Dict, List
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -192,10 +193,33 @@ class nnKDTrainerDistill(nnKDTrainerCls):
         self.print_to_log_file(f"student initialised from teacher '{teacher.name}' ({teacher.meta.get('checkpoint')})")
 
     def loss_context_extras(self) -> Dict[str, Any]:
+        ctx = self._lesion_context()
         if not getattr(self, "teachers", None):
+            return ctx
+        # teacher_weights: the plan's teachers[i].weight, for every loss that fuses several teachers
+        return dict(ctx, student_widths=list(self._bare_network().stage_widths),
+                    teacher_widths=[list(t.stage_widths) for t in self.teachers],
+                    teacher_weights=[float(t["weight"]) for t in self.kd_plan["teachers"]])
+
+    def _lesion_context(self) -> Dict[str, Any]:
+        """``stage_strides`` and ``lesion_extent`` for losses whose ``stage="auto"`` follows the lesion size
+        (:mod:`nnkd.losses.lesion`); the training masks are read only when such a loss is in the plan."""
+        import inspect
+
+        specs = [s for s in self.kd_plan["losses"]
+                 if "lesion_extent" in inspect.signature(lookup("losses", s["name"])).parameters
+                 and "lesion_extent" not in s["params"]]
+        if not specs or getattr(self, "dataset_class", None) is None:
             return {}
-        return {"student_widths": list(self._bare_network().stage_widths),
-                "teacher_widths": [list(t.stage_widths) for t in self.teachers]}
+        if not hasattr(self, "_lesion_extent"):
+            from nnkd.ops.keypoints import training_lesion_extent
+
+            keys = sorted(self.do_split()[0])
+            self._lesion_extent = training_lesion_extent(self.dataset_class(self.preprocessed_dataset_folder, keys))
+            self.print_to_log_file(f"lesion extent (5th percentile of the training lesions' box sides, voxels "
+                                   f"per axis): {self._lesion_extent}")
+        strides = np.cumprod(np.asarray(self.configuration_manager.pool_op_kernel_sizes, dtype=int), axis=0)
+        return {"stage_strides": strides.tolist(), "lesion_extent": self._lesion_extent}
 
     def teacher_outputs(self, b: Dict[str, Any]):
         """Every teacher's :class:`NetOutputs` on its channels of the batch.

@@ -19,10 +19,14 @@ from nnkd.io import save_figure  # noqa: E402
 KD_PREFIX = "kd/"   # distillation terms (train)
 CLS_PREFIX = "cls/"  # classification loss and metrics
 DATA_WAIT_KEY = "time/data_wait"  # seconds per epoch the training loop waited for batches
+# Liveness of the CBAM bottleneck (train batches, epoch mean): the spatial attention's mean and the
+# RMS of the bottleneck after CBAM over its RMS before; both near 0 = a dead bottleneck.
+ATTENTION_MEAN_KEY = "bottleneck/attention_mean"
+RMS_RATIO_KEY = "bottleneck/rms_ratio"
 
 
 class NNKDLocalLogger(LocalLogger):
-    """LocalLogger with ``add_keys`` and a four-panel progress.png."""
+    """LocalLogger with ``add_keys`` and a five-panel progress.png."""
 
     def add_keys(self, keys: Iterable[str]) -> None:
         for k in keys:
@@ -62,8 +66,9 @@ def progress_figure(log: Dict[str, list]):
     """The four-panel progress figure from a logger's lists; None before the first complete epoch.
 
     1: nnU-Net's losses (left) and pseudo Dice (right); 2: distillation terms (left) and counters
-    (right); 3: classification losses (left) and accuracy / AUC (right); 4: epoch time and data wait
-    (left), learning rate (right)."""
+    (right); 3: classification losses (left) and accuracy / AUC (right); 4: bottleneck liveness (CBAM
+    spatial-attention mean and RMS after/before CBAM: both falling to 0 mean dead features); 5: epoch time
+    and data wait (left), learning rate (right)."""
     base = ["train_losses", "val_losses", "mean_fg_dice", "ema_fg_dice", "lrs",
             "epoch_start_timestamps", "epoch_end_timestamps"]
     n = min(len(log[k]) for k in base)
@@ -75,7 +80,7 @@ def progress_figure(log: Dict[str, list]):
     cls = sorted(k for k in log if k.startswith(CLS_PREFIX) and len(log[k]) >= n)
     cls_losses, cls_metrics = [k for k in cls if k.endswith("loss")], [k for k in cls if not k.endswith("loss")]
     mk = {"marker": "o", "markersize": 4} if n < 30 else {}  # short runs: points stay visible
-    fig, axes = plt.subplots(4, 1, figsize=(12, 18))
+    fig, axes = plt.subplots(5, 1, figsize=(12, 22))
     ax = axes[0]
     ax.plot(x, log["train_losses"][:n], "b-", label="loss_tr", **mk)
     ax.plot(x, log["val_losses"][:n], "r-", label="loss_val", **mk)
@@ -120,6 +125,17 @@ def progress_figure(log: Dict[str, list]):
         ax4.legend(loc="upper right")
 
     ax = axes[3]
+    live = [(k, style) for k, style in ((ATTENTION_MEAN_KEY, "c-"), (RMS_RATIO_KEY, "c--")) if len(log.get(k, [])) >= n]
+    for k, style in live:
+        ax.plot(x, log[k][:n], style, label=k.split("/")[1].replace("_", " ") + " (CBAM)", **mk)
+    ax.set_ylabel("bottleneck liveness")
+    ax.set_ylim(bottom=0)
+    if live:
+        ax.legend(loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "no CBAM", ha="center", transform=ax.transAxes)
+
+    ax = axes[4]
     ax.plot(x, [e - s for s, e in zip(log["epoch_start_timestamps"][:n], log["epoch_end_timestamps"][:n])],
             "b-", label="epoch duration [s]", **mk)
     if len(log.get(DATA_WAIT_KEY, [])) >= n:
