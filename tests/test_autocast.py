@@ -21,6 +21,7 @@ autocast dtype is chosen here; the float32 reference replaces that ``autocast`` 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 from types import SimpleNamespace
@@ -31,7 +32,7 @@ import pytest
 import torch
 
 import nnkd.trainers.cls as cls_module
-from nnkd.hooks import registry
+from nnkd.hooks import lookup, registry
 from nnkd.io import torch_save, write_json
 from nnkd.nets.network import build_network
 
@@ -175,6 +176,12 @@ def make_trainer(cls, ws) -> object:
     """``cls`` as nnUNetv2_train builds it (constructor + initialize), its plan from NNKD_PLAN, on DEVICE."""
     setting = TEACHER_SETTINGS[cls.__name__]
     plan = {"seed": 0, "network": NETWORK}
+    # the toy dataset has no masks to measure the lesions on: give lesion-sized losses their extent
+    sized = [s for s in cls.plan_defaults.get("losses") or []
+             if "lesion_extent" in inspect.signature(lookup("losses", s["name"])).parameters]
+    if sized:
+        plan["losses"] = [dict(s, params=dict(s.get("params") or {}, lesion_extent=[4, 4, 4])) if s in sized else s
+                          for s in cls.plan_defaults["losses"]]
     if setting != "none":
         plan.update(teachers=ws.teachers[setting], student={"channels": ["CT"]})
     path = os.path.join(ws.root, f"{cls.__name__}_plan.json")

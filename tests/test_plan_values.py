@@ -61,11 +61,14 @@ def test_an_integer_learning_rate_is_a_number():
         validate_plan({"schedule": {"num_epochs": 1.5}})
 
 
-def test_zero_weights_are_allowed():
+def test_zero_weights_are_allowed_except_a_teachers():
     plan = validate_plan({"classification": {"weight": 0, "seg_weight": 0.0},
                           "losses": [{"name": "logit_kd", "weight": 0}],
-                          "teachers": [{"model_folder": "a", "weight": 0}]})
-    assert plan["losses"][0]["weight"] == 0 and plan["teachers"][0]["weight"] == 0
+                          "teachers": [{"model_folder": "a", "weight": 1}]})
+    assert plan["losses"][0]["weight"] == 0 and plan["classification"]["seg_weight"] == 0
+    # a teacher's weight divides in multi-teacher fusion (weighted mean): 0 is refused, by name
+    with pytest.raises(NNKDError, match=r"teachers\[0\]\.weight.*must be > 0"):
+        validate_plan({"teachers": [{"model_folder": "a", "weight": 0}]})
 
 
 def test_duplicate_keys_are_named_with_the_file_and_refused_with_the_other_problems(tmp_path):
