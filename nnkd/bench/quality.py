@@ -2,12 +2,15 @@
 
 Per benchmark the teacher(s), the student without distillation (no-KD) and the student with each
 applicable method are trained through ``nnUNetv2_train`` with the repository's plan files (schedule,
-seed and teacher folders filled in), applied to an external synthetic test set with the student's
+seed, training share and teacher folders filled in), applied to an external synthetic test set with the student's
 modality only, and evaluated: macro one-vs-rest AUC (classification, ``nnkd predict`` + ``nnkd
 evaluate``) or FROC mean sensitivity at 1-4 FP per case (lesion detection, ``nnUNetv2_predict`` +
-``nnkd detect`` + ``nnkd evaluate --detection``). Per method it reports mean and sd over seeds, the
-share of the teacher-student gap it closes, ``(method - noKD) / (teacher - noKD)`` on the seed
-means, and, per seed, the comparison with the no-KD student of the same seed on the same test cases:
+``nnkd detect`` + ``nnkd evaluate --detection``). The students are data-limited: they train on a small share of
+their training set (``Schedule.student_fraction``), and an **achievable ceiling** in their own
+modality is trained alongside: the no-KD student on ten times that share (``ceiling_fraction``).
+Per method it reports mean and sd over seeds, the share of the achievable gap it closes,
+``(method - noKD) / (ceiling - noKD)``, and the share of the teacher-student gap, ``(method -
+noKD) / (teacher - noKD)``, both on the seed means, and, per seed, the comparison with the no-KD student of the same seed on the same test cases:
 ``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference and DeLong's test per
 class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are reported one by one,
 not pooled: the test cases are the same for every seed, so pooling them would count each case
@@ -30,7 +33,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from nnkd.errors import NNKDError
 
-TEACHER, AUX_TEACHER, NOKD, KD = "teacher", "second teacher", "no KD", "KD"
+TEACHER, AUX_TEACHER, NOKD, CEILING, KD = "teacher", "second teacher", "no KD", "ceiling", "KD"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class Method:
     label: str
     trainer: str
     plan: str  # a file of the repository's plans/ folder
-    role: str  # TEACHER, AUX_TEACHER, NOKD or KD
+    role: str  # TEACHER, AUX_TEACHER, NOKD, CEILING (the no-KD student on 10x its data) or KD
     channels: Optional[Tuple[int, ...]] = None  # test-image channels it deploys with (None = all)
     teacher_side: bool = False  # trained and tested on the teacher modality's datasets (unpaired teachers)
 
@@ -56,6 +59,8 @@ class Schedule:
     epochs: int
     iterations: int
     val_iterations: int
+    student_fraction: float = 1.0  # share of the student's training cases the no-KD and KD students use
+    ceiling_fraction: float = 1.0  # share the achievable ceiling (the no-KD student's trainer and plan) uses
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class Benchmark:
     teachers: Dict[str, str]  # plan teacher name -> key of the method that provides it
     full: Schedule
     quick: Schedule
+    max_features: Optional[int] = None  # cap on nnU-Net's features per encoder stage (smaller, faster networks)
 
     @property
     def metric(self) -> str:
@@ -90,38 +96,54 @@ PAIRED3D = Benchmark(
     (Method("teacher", "teacher CT+FDG+ACE", "nnKDTrainerCls", "cls_teacher", TEACHER),
      Method("dose_teacher", "dose-aware teacher CT", "nnKDTrainerDoseTeacher", "react_dose_teacher", AUX_TEACHER, CT),
      Method("nokd", "student CT, no KD", "nnKDTrainerClsBaseline", "cls_student", NOKD, CT),
+     Method("ceiling", "student CT, no KD, 10x data (ceiling)", "nnKDTrainerClsBaseline", "cls_student", CEILING, CT),
      Method("react", "REACT-KD", "nnKDTrainerREACT", "react_kd", KD, CT),
      Method("logit", "logit KD (Hinton)", "nnKDTrainerLogitKD", "kd_logit", KD, CT),
      Method("fitnet", "FitNet", "nnKDTrainerFitNet", "kd_fitnet", KD, CT),
      Method("at", "attention transfer", "nnKDTrainerAT", "kd_at", KD, CT),
      Method("dkd", "DKD", "nnKDTrainerDKD", "kd_dkd", KD, CT)),
     {"structure_function": "teacher", "dose_aware": "dose_teacher"},
-    full=Schedule(cases=48, test_cases=36, size=(16, 32, 32), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 300 cases: the teachers train on the 240 of fold 0, the CT students on 24 of them, the ceiling on all 240
+    full=Schedule(cases=300, test_cases=60, size=(16, 32, 32), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
 )
 UNPAIRED2D = Benchmark(
     "unpaired2d", "Unpaired 2D polyp classification (PaGKD setting): white-light student, narrow-band teacher",
     "unpaired2d", "classification", "2d", 940,
     (Method("teacher", "teacher narrow-band", "nnKDTrainerCls", "pagkd_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student white-light, no KD", "nnKDTrainerClsBaseline", "pagkd_teacher", NOKD),
+     Method("ceiling", "student white-light, no KD, 10x data (ceiling)", "nnKDTrainerClsBaseline", "pagkd_teacher",
+            CEILING),
      Method("pagkd", "PaGKD (GKD-Pro + GKD-Den)", "nnKDTrainerPaGKD", "pagkd", KD),
      Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKD", "pagkd_pro_only", KD),
      Method("den_only", "GKD-Den only", "nnKDTrainerPaGKD", "pagkd_den_only", KD),
      Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKD", "pagkd_image_level", KD)),
     {"nbi": "teacher"},
-    full=Schedule(cases=120, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 360 cases per modality: the NBI teacher trains on the 288 of fold 0, the WLI students on 30, the ceiling on 288
+    full=Schedule(cases=360, test_cases=90, size=(64, 64), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
 )
 LESION2D = Benchmark(
     "lesion2d", "Unpaired 2D lesion detection (CoMoTo setting): tomosynthesis-like student, mammography teacher",
     "lesion2d", "detection", "2d", 950,
     (Method("teacher", "ImPA teacher mammography", "nnKDTrainerImPA", "impa_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoTo", "comoto_nokd", NOKD),
+     Method("ceiling", "student, no KD, 10x data (ceiling)", "nnKDTrainerCoMoTo", "comoto_nokd", CEILING),
      Method("comoto", "CoMoTo (LsKD)", "nnKDTrainerCoMoTo", "comoto", KD),
      Method("image_kd", "image-level KD", "nnKDTrainerCoMoTo", "comoto_image_kd", KD)),
     {"mammography": "teacher"},
-    full=Schedule(cases=60, test_cases=40, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 200 cases per modality: the teacher trains on the 160 of fold 0, the students on 16 (10 %), the ceiling on 160
+    full=Schedule(cases=200, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
 )
 BENCHMARKS = {b.key: b for b in (PAIRED3D, UNPAIRED2D, LESION2D)}
 DEFAULT_SEEDS = (0, 1, 2)
@@ -150,7 +172,9 @@ def gap_share(method: Optional[float], nokd: Optional[float], teacher: Optional[
 
 
 def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -> Dict[str, Dict[str, Any]]:
-    """Per method: per-seed values, mean, sd, n and the gap share (on the seed means)."""
+    """Per method: per-seed values, mean, sd, n and, for KD methods, the gap shares on the seed means:
+    ``ceiling_gap_share`` against the achievable ceiling in the student's modality (None when the
+    benchmark has no ceiling), ``gap_share`` against the teacher on its own modality."""
     stats = {}
     for m in bench.methods:
         per_seed = values.get(m.key, {})
@@ -160,9 +184,13 @@ def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -
                         "n": sum(v is not None for v in per_seed.values())}
     teacher = bench.role(TEACHER)[0].key
     nokd = bench.role(NOKD)[0].key
+    ceiling = bench.role(CEILING)[0].key if bench.role(CEILING) else None
     for m in bench.methods:
+        kd = m.role == KD
         stats[m.key]["gap_share"] = gap_share(stats[m.key]["mean"], stats[nokd]["mean"], stats[teacher]["mean"]) \
-            if m.role == KD else None
+            if kd else None
+        stats[m.key]["ceiling_gap_share"] = gap_share(stats[m.key]["mean"], stats[nokd]["mean"],
+                                                      stats[ceiling]["mean"]) if kd and ceiling else None
     return stats
 
 
@@ -242,16 +270,18 @@ def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
     """One benchmark as a markdown table: value mean +- sd, per seed, gap share, per-seed comparison.
     Methods not run (left out with ``--methods``) get no row."""
     head = ["method", "role", "trainer / plan", f"{bench.metric}: mean ± sd (n)",
-            *[f"seed {s}" for s in seeds], "gap closed", "vs no KD, per seed: Δ [95% CI] p"]
+            *[f"seed {s}" for s in seeds], "gap closed: ceiling", "gap closed: teacher",
+            "vs no KD, per seed: Δ [95% CI] p"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in ran(bench, stats):
         st = stats[m.key]
         value = f"{_num(st['mean'])} ± {_num(st['sd'])} ({st['n']})" if st["mean"] is not None else "n/a"
         per_seed = [_num(st["per_seed"].get(str(s))) for s in seeds]
-        gap = f"{100 * st['gap_share']:.0f} %" if st.get("gap_share") is not None else ("" if m.role != KD else "n/a")
+        gaps = [f"{100 * st[k]:.0f} %" if st.get(k) is not None else ("" if m.role != KD else "n/a")
+                for k in ("ceiling_gap_share", "gap_share")]
         comp = "; ".join(f"s{s}: {_comparison_cell(comparisons.get(m.key, {}).get(str(s)))}" for s in seeds) \
             if m.role == KD else ""
-        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, gap, comp])
+        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, *gaps, comp])
                     + " |")
     return "\n".join(rows)
 
@@ -260,9 +290,12 @@ def markdown_report(report: Dict[str, Any]) -> str:
     lines = ["# nnkd bench quality", "",
              f"Seeds {', '.join(map(str, report['seeds']))}{' (quick: tiny data, 1-2 epochs, metrics meaningless)' if report['quick'] else ''}; "
              f"{report['minutes']:.1f} min. Test sets are external synthetic sets (other data seed) seen with the "
-             "student's modality only; the teacher row is the teacher on its own modality (the upper bound).",
+             "student's modality only; the teacher row is the teacher on its own modality, the ceiling row the no-KD "
+             "student trained on ten times the students' share of the training set (the achievable ceiling in the "
+             "student's modality).",
              "",
-             "*gap closed* = (method − no KD) / (teacher − no KD) on the seed means. *vs no KD*: per seed, the method "
+             "*gap closed: ceiling* = (method − no KD) / (ceiling − no KD), *gap closed: teacher* = (method − no KD) / "
+             "(teacher − no KD), both on the seed means. *vs no KD*: per seed, the method "
              "minus the no-KD student of the same seed on the same test cases, with a paired bootstrap 95 % CI "
              "(`*`: the CI excludes 0); classification adds DeLong's p per class (one-vs-rest, class order as in the "
              "dataset), detection a one-sided bootstrap p (share of resamples where the method is not better).", ""]
@@ -273,8 +306,10 @@ def markdown_report(report: Dict[str, Any]) -> str:
             lines += [f"Not run: {b['skipped']}", ""]
             continue
         s = b["schedule"]
-        lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}, "
-                  f"{s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
+        share = (f" (students: {100 * s['student_fraction']:.0f} % of fold 0's training cases, ceiling: "
+                 f"{100 * s['ceiling_fraction']:.0f} %)") if 'student_fraction' in s else ""
+        lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}"
+                  f"{share}, {s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
                   f"{s['epochs']} epochs x {s['iterations']} iterations, nnU-Net configuration {bench.config}.", ""]
         lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"]), ""]
         if b.get("notes"):
@@ -303,11 +338,14 @@ def plot(report: Dict[str, Any], path: str) -> None:
         for i, m in enumerate(methods):
             st = stats[m.key]
             vals = [v for v in st["per_seed"].values() if v is not None]
-            color = {TEACHER: "tab:green", AUX_TEACHER: "tab:olive", NOKD: "tab:grey"}.get(m.role, "tab:blue")
+            color = {TEACHER: "tab:green", AUX_TEACHER: "tab:olive", NOKD: "tab:grey",
+                     CEILING: "tab:purple"}.get(m.role, "tab:blue")
             if st["mean"] is not None:
                 ax.barh(i, st["mean"], xerr=st["sd"] or 0, color=color, alpha=0.6, capsize=3)
             ax.plot(vals, [i] * len(vals), "k.", ms=5)
-        for role, style in ((TEACHER, "--"), (NOKD, ":")):
+        for role, style in ((TEACHER, "--"), (CEILING, "-."), (NOKD, ":")):
+            if not bench.role(role):
+                continue
             mean = stats[bench.role(role)[0].key]["mean"]
             if mean is not None:
                 ax.axvline(mean, color="k", ls=style, lw=1, label=f"{role} mean")
@@ -333,6 +371,10 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     plan["seed"] = seed
     plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
                         "num_val_iterations_per_epoch": schedule.val_iterations}
+    fraction = {NOKD: schedule.student_fraction, KD: schedule.student_fraction,
+                CEILING: schedule.ceiling_fraction}.get(m.role)
+    if fraction is not None:  # the data-limited students and their ceiling; teachers train on everything
+        plan["student"] = dict(plan.get("student", {}), train_fraction=fraction)
     teachers = []
     for t in plan.get("teachers", []):
         key = bench.teachers.get(t.get("name"))
@@ -350,6 +392,23 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
         if "warmup_epochs" in params:
             params["warmup_epochs"] = min(params["warmup_epochs"], schedule.epochs // 5)
     return plan
+
+
+def cap_features(plans_path: str, config: str, cap: int) -> bool:
+    """Cap ``features_per_stage`` of ``config`` in an nnU-Net plans file at ``cap`` (in place, atomically);
+    True when it changed. Every model of a benchmark then builds the same smaller network (a teacher's
+    model folder keeps the plans it was trained with)."""
+    from nnkd.io import write_json
+
+    with open(plans_path) as f:
+        plans = json.load(f)
+    kwargs = plans["configurations"][config]["architecture"]["arch_kwargs"]
+    capped = [min(int(n), cap) for n in kwargs["features_per_stage"]]
+    if capped == list(kwargs["features_per_stage"]):
+        return False
+    kwargs["features_per_stage"] = capped
+    write_json(plans_path, plans)
+    return True
 
 
 class QualityRun:
@@ -415,6 +474,10 @@ class QualityRun:
         synth(ws, bench.kind, test_id, s.test_cases, 1000, s.size)
         train_ids = [did, did + 1] if bench.unpaired else [did]
         plan_and_preprocess(ws, train_ids, bench.config)
+        if bench.max_features:
+            for d in train_ids:
+                cap_features(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d), "nnUNetPlans.json"),
+                             bench.config, bench.max_features)
         return {"student": did, "teacher": did + 1 if bench.unpaired else did,
                 "test_student": test_id, "test_teacher": test_id + 1 if bench.unpaired else test_id}
 
@@ -518,12 +581,12 @@ class QualityRun:
         t0 = time.time()
         self.log(f"[{bench.key}] data: {s.cases} training / {s.test_cases} test cases of {'x'.join(map(str, s.size))}")
         ids = self.data(bench, s)
-        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
+        needed = set(bench.teachers.values()) | {m.key for m in bench.methods if m.role in (TEACHER, NOKD, CEILING)}
         chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
         for m in chosen:
             self.test_images(bench, m, ids)
         teachers = [(seed, m) for seed in self.seeds for m in chosen if m.role in (TEACHER, AUX_TEACHER)]
-        students = [(seed, m) for seed in self.seeds for m in chosen if m.role in (NOKD, KD)]
+        students = [(seed, m) for seed in self.seeds for m in chosen if m.role in (NOKD, CEILING, KD)]
         self.log(f"[{bench.key}] {len(teachers) + len(students)} models ({len(self.seeds)} seed(s)), "
                  f"{s.epochs} epochs x {s.iterations} iterations each, {self.jobs} at a time")
         records: Dict[str, Dict[str, Any]] = {}
