@@ -47,6 +47,8 @@ def test_summarise_per_method():
         assert stats[key]["gap_share"] is None and stats[key]["ceiling_gap_share"] is None
     no_ceiling = Q.summarise(Q.PAIRED3D, {k: v for k, v in _values().items() if k != "ceiling"})
     assert no_ceiling["react"]["ceiling_gap_share"] is None and no_ceiling["react"]["gap_share"] is not None
+    assert "ceiling" not in [m.key for m in Q.ran(Q.PAIRED3D, no_ceiling)]  # not run (no data limit): no row
+    assert "ceiling" in [m.key for m in Q.ran(Q.PAIRED3D, stats)]
     assert stats["fitnet"]["mean"] is None and stats["fitnet"]["n"] == 0 and stats["fitnet"]["gap_share"] is None
     assert stats["react"]["per_seed"] == {"0": 0.7, "1": 0.75, "2": 0.8}
     assert stats["react"]["plan"] == "plans/react_kd.json" and stats["react"]["trainer"] == "nnKDTrainerREACT"

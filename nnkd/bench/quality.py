@@ -262,7 +262,7 @@ def _comparison_cell(c: Optional[Dict[str, Any]]) -> str:
 
 def ran(bench: Benchmark, stats: Dict[str, Dict[str, Any]]) -> List[Method]:
     """The methods of ``bench`` with at least one run in ``stats`` (teachers and no-KD always)."""
-    return [m for m in bench.methods if m.role != KD or stats.get(m.key, {}).get("per_seed")]
+    return [m for m in bench.methods if m.role not in (KD, CEILING) or stats.get(m.key, {}).get("per_seed")]
 
 
 def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
@@ -583,6 +583,8 @@ class QualityRun:
         ids = self.data(bench, s)
         needed = set(bench.teachers.values()) | {m.key for m in bench.methods if m.role in (TEACHER, NOKD, CEILING)}
         chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
+        if s.ceiling_fraction <= s.student_fraction:  # the ceiling would repeat the no-KD student
+            chosen = [m for m in chosen if m.role != CEILING]
         for m in chosen:
             self.test_images(bench, m, ids)
         teachers = [(seed, m) for seed in self.seeds for m in chosen if m.role in (TEACHER, AUX_TEACHER)]
