@@ -163,7 +163,7 @@ def test_benchmark_tables_are_consistent():
         full = bench.full  # data-limited students against a ceiling on ten times their share of the data
         assert full.ceiling_fraction == pytest.approx(10 * full.student_fraction)
         assert full.cases * 0.8 * full.student_fraction >= 15  # still a few cases per class
-        assert bench.max_features and bench.max_features <= 32
+        assert bench.max_features and bench.max_features <= 32 and bench.max_batch_size
         assert len({m.key for m in bench.methods}) == len(bench.methods)
         assert set(bench.teachers.values()) <= {m.key for m in bench.methods if m.role in (Q.TEACHER, Q.AUX_TEACHER)}
         assert bench.quick.epochs <= 2 and bench.quick.cases <= bench.full.cases
@@ -179,19 +179,25 @@ def test_settings_of_a_workspace_cannot_change(tmp_path):
         longer._check_settings(Q.PAIRED3D, longer.schedule(Q.PAIRED3D))
 
 
-def test_cap_features(tmp_path):
+def test_cap_network(tmp_path):
+    import json
+
     path = tmp_path / "nnUNetPlans.json"
     arch = {"network_class_name": "x", "arch_kwargs": {"n_stages": 4, "features_per_stage": [32, 64, 128, 256]}}
-    plans = {"configurations": {"2d": {"architecture": arch, "patch_size": [64, 64]},
-                                "3d_fullres": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64]}}}}}
-    import json
+    plans = {"configurations": {"2d": {"architecture": arch, "patch_size": [64, 64], "batch_size": 14},
+                                "3d_fullres": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64]}},
+                                               "batch_size": 2}}}
     path.write_text(json.dumps(plans))
-    assert Q.cap_features(str(path), "2d", 48) is True
+    assert Q.cap_network(str(path), "2d", 48, 12) is True
     after = json.loads(path.read_text())
     assert after["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 48, 48, 48]
+    assert after["configurations"]["2d"]["batch_size"] == 12
     assert after["configurations"]["3d_fullres"] == plans["configurations"]["3d_fullres"]  # other configs untouched
     assert after["configurations"]["2d"]["patch_size"] == [64, 64]
-    assert Q.cap_features(str(path), "2d", 48) is False  # idempotent
+    assert Q.cap_network(str(path), "2d", 48, 12) is False  # idempotent
+    assert Q.cap_network(str(path), "3d_fullres", None, 4) is False  # batch 2 is below the cap: unchanged
+    assert Q.cap_network(str(path), "2d", None, 6) is True
+    assert json.loads(path.read_text())["configurations"]["2d"]["batch_size"] == 6
     assert [p.name for p in tmp_path.iterdir()] == ["nnUNetPlans.json"]  # no temporary file left
 
 

@@ -76,6 +76,7 @@ class Benchmark:
     full: Schedule
     quick: Schedule
     max_features: Optional[int] = None  # cap on nnU-Net's features per encoder stage (smaller, faster networks)
+    max_batch_size: Optional[int] = None  # cap on nnU-Net's batch size (it grows with the number of cases)
 
     @property
     def metric(self) -> str:
@@ -109,6 +110,7 @@ PAIRED3D = Benchmark(
     quick=Schedule(cases=12, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
                    student_fraction=0.5, ceiling_fraction=1.0),
     max_features=32,
+    max_batch_size=4,
 )
 UNPAIRED2D = Benchmark(
     "unpaired2d", "Unpaired 2D polyp classification (PaGKD setting): white-light student, narrow-band teacher",
@@ -128,6 +130,7 @@ UNPAIRED2D = Benchmark(
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
                    student_fraction=0.5, ceiling_fraction=1.0),
     max_features=32,
+    max_batch_size=12,  # PaGKD's groups: several images of each class per batch
 )
 LESION2D = Benchmark(
     "lesion2d", "Unpaired 2D lesion detection (CoMoTo setting): tomosynthesis-like student, mammography teacher",
@@ -144,6 +147,7 @@ LESION2D = Benchmark(
     quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
                    student_fraction=0.5, ceiling_fraction=1.0),
     max_features=32,
+    max_batch_size=8,
 )
 BENCHMARKS = {b.key: b for b in (PAIRED3D, UNPAIRED2D, LESION2D)}
 DEFAULT_SEEDS = (0, 1, 2)
@@ -394,19 +398,24 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     return plan
 
 
-def cap_features(plans_path: str, config: str, cap: int) -> bool:
-    """Cap ``features_per_stage`` of ``config`` in an nnU-Net plans file at ``cap`` (in place, atomically);
-    True when it changed. Every model of a benchmark then builds the same smaller network (a teacher's
-    model folder keeps the plans it was trained with)."""
+def cap_network(plans_path: str, config: str, max_features: Optional[int] = None,
+                max_batch_size: Optional[int] = None) -> bool:
+    """Cap ``features_per_stage`` and ``batch_size`` of ``config`` in an nnU-Net plans file (in place,
+    atomically; None = no cap); True when it changed. Every model of a benchmark then builds the same
+    smaller network (a teacher's model folder keeps the plans it was trained with)."""
     from nnkd.io import write_json
 
     with open(plans_path) as f:
         plans = json.load(f)
-    kwargs = plans["configurations"][config]["architecture"]["arch_kwargs"]
-    capped = [min(int(n), cap) for n in kwargs["features_per_stage"]]
-    if capped == list(kwargs["features_per_stage"]):
+    conf = plans["configurations"][config]
+    kwargs = conf["architecture"]["arch_kwargs"]
+    before = (list(kwargs["features_per_stage"]), conf["batch_size"])
+    if max_features:
+        kwargs["features_per_stage"] = [min(int(n), max_features) for n in kwargs["features_per_stage"]]
+    if max_batch_size:
+        conf["batch_size"] = min(int(conf["batch_size"]), max_batch_size)
+    if (kwargs["features_per_stage"], conf["batch_size"]) == before:
         return False
-    kwargs["features_per_stage"] = capped
     write_json(plans_path, plans)
     return True
 
@@ -474,10 +483,9 @@ class QualityRun:
         synth(ws, bench.kind, test_id, s.test_cases, 1000, s.size)
         train_ids = [did, did + 1] if bench.unpaired else [did]
         plan_and_preprocess(ws, train_ids, bench.config)
-        if bench.max_features:
-            for d in train_ids:
-                cap_features(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d), "nnUNetPlans.json"),
-                             bench.config, bench.max_features)
+        for d in train_ids:
+            cap_network(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d), "nnUNetPlans.json"),
+                        bench.config, bench.max_features, bench.max_batch_size)
         return {"student": did, "teacher": did + 1 if bench.unpaired else did,
                 "test_student": test_id, "test_teacher": test_id + 1 if bench.unpaired else test_id}
 
