@@ -1,20 +1,20 @@
 """`nnkd bench quality`: what each distillation method buys on nnkd's synthetic benchmarks, over several seeds.
 
-Per benchmark the teacher(s), the student without distillation (no-KD) and the student with each
-applicable method are trained through ``nnUNetv2_train`` with the repository's plan files (schedule,
-seed, training share and teacher folders filled in), applied to an external synthetic test set with the student's
-modality only, and evaluated: macro one-vs-rest AUC (classification, ``nnkd predict`` + ``nnkd
-evaluate``) or FROC mean sensitivity at 1-4 FP per case (lesion detection, ``nnUNetv2_predict`` +
-``nnkd detect`` + ``nnkd evaluate --detection``). The students are data-limited: they train on a small share of
-their training set (``Schedule.student_fraction``), and an **achievable ceiling** in their own
-modality is trained alongside: the no-KD student on ten times that share (``ceiling_fraction``).
-Per method it reports mean and sd over seeds, the share of the achievable gap it closes,
-``(method - noKD) / (ceiling - noKD)``, and the share of the teacher-student gap, ``(method -
-noKD) / (teacher - noKD)``, both on the seed means, and, per seed, the comparison with the no-KD student of the same seed on the same test cases:
-``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference and DeLong's test per
-class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are reported one by one,
-not pooled: the test cases are the same for every seed, so pooling them would count each case
-several times.
+Per benchmark the teacher(s), the student without distillation (no-KD), the achievable ceiling and the
+student with each applicable method are trained through ``nnUNetv2_train`` with the repository's plan
+files (schedule, seed, training share and teacher folders filled in), applied to an external synthetic
+test set with the student's modality only, and evaluated: macro one-vs-rest AUC (classification,
+``nnkd predict`` + ``nnkd evaluate``) or FROC mean sensitivity at 1-4 FP per case (lesion detection,
+``nnUNetv2_predict`` + ``nnkd detect`` + ``nnkd evaluate --detection``). The students are data-limited:
+they train on a small share of their training set (``Schedule.student_fraction``); the **achievable
+ceiling** in their own modality is the no-KD student on ten times that share (``ceiling_fraction``).
+Per method it reports mean and sd over seeds, the share of the achievable gap it closes, ``(method -
+noKD) / (ceiling - noKD)``, and the share of the teacher-student gap, ``(method - noKD) / (teacher -
+noKD)``, both on the seed means, and, per seed, the comparison with the no-KD student of the same seed
+on the same test cases: ``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference
+and DeLong's test per class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are
+reported one by one, not pooled: the test cases are the same for every seed, so pooling them would
+count each case several times.
 
 The seed changes the initialisation and the sampling of every training (teachers included: the
 students of seed s learn from the teachers of seed s); the synthetic datasets stay the same.
