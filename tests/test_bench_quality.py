@@ -29,9 +29,10 @@ def test_mean_sd_and_gap_share():
 
 
 def _values():
-    # teacher .9/.95/1.0, no KD .6/.6/.6, REACT .7/.75/.8, logit missing for seed 2
+    # teacher .9/.95/1.0, ceiling .8/.8/.8, no KD .6/.6/.6, REACT .7/.75/.8, logit missing for seed 2
     v = {"teacher": {0: 0.9, 1: 0.95, 2: 1.0}, "dose_teacher": {0: 0.65, 1: 0.7, 2: 0.6},
-         "nokd": {0: 0.6, 1: 0.6, 2: 0.6}, "react": {0: 0.7, 1: 0.75, 2: 0.8}, "logit": {0: 0.5, 1: 0.6}}
+         "nokd": {0: 0.6, 1: 0.6, 2: 0.6}, "ceiling": {0: 0.8, 1: 0.8, 2: 0.8}, "react": {0: 0.7, 1: 0.75, 2: 0.8},
+         "logit": {0: 0.5, 1: 0.6}}
     return v
 
 
@@ -40,8 +41,15 @@ def test_summarise_per_method():
     assert set(stats) == {m.key for m in C.PAIRED3D.methods}
     assert stats["teacher"]["mean"] == pytest.approx(0.95) and stats["teacher"]["sd"] == pytest.approx(0.05)
     assert stats["react"]["gap_share"] == pytest.approx((0.75 - 0.6) / (0.95 - 0.6))
+    assert stats["react"]["ceiling_gap_share"] == pytest.approx((0.75 - 0.6) / (0.8 - 0.6))  # the achievable gap
     assert stats["logit"]["n"] == 2 and stats["logit"]["gap_share"] == pytest.approx((0.55 - 0.6) / 0.35)
-    assert stats["teacher"]["gap_share"] is None and stats["nokd"]["gap_share"] is None  # only KD methods
+    assert stats["logit"]["ceiling_gap_share"] == pytest.approx((0.55 - 0.6) / 0.2)
+    for key in ("teacher", "nokd", "ceiling"):  # only KD methods
+        assert stats[key]["gap_share"] is None and stats[key]["ceiling_gap_share"] is None
+    no_ceiling = Q.summarise(C.PAIRED3D, {k: v for k, v in _values().items() if k != "ceiling"})
+    assert no_ceiling["react"]["ceiling_gap_share"] is None and no_ceiling["react"]["gap_share"] is not None
+    assert "ceiling" not in [m.key for m in Q.ran(C.PAIRED3D, no_ceiling)]  # not run (no data limit): no row
+    assert "ceiling" in [m.key for m in Q.ran(C.PAIRED3D, stats)]
     assert stats["fitnet"]["mean"] is None and stats["fitnet"]["n"] == 0 and stats["fitnet"]["gap_share"] is None
     assert stats["react"]["per_seed"] == {"0": 0.7, "1": 0.75, "2": 0.8}
     assert stats["react"]["plan"] == "react_kd" and stats["react"]["trainer"] == "nnKDTrainerREACT"
@@ -75,24 +83,28 @@ def test_comparison_summary_and_tables(tmp_path):
     table = Q.markdown_table(C.PAIRED3D, stats, comparisons, seeds)
     lines = table.splitlines()
     assert len(lines) == 2 + len(C.PAIRED3D.methods) - 2
+    assert "gap closed: ceiling | gap closed: teacher" in lines[0]
     assert not any(line.startswith(("| attention transfer", "| DKD")) for line in lines)
     assert all(line.count("|") == lines[0].count("|") for line in lines)  # every row has every column
     react = next(line for line in lines if line.startswith("| REACT-KD"))
-    assert "0.750 ± 0.050 (3)" in react and "43 %" in react  # (0.75 - 0.6) / (0.95 - 0.6)
+    assert "0.750 ± 0.050 (3)" in react and "| 75 % | 43 % |" in react  # /(0.8 - 0.6), /(0.95 - 0.6)
     assert f"s0: {better['difference']:+.3f}" in react and "]*" in react  # CI excludes 0: marked
     assert "s2: n/a" in react
     fitnet = next(line for line in lines if line.startswith("| FitNet"))
     assert "| n/a |" in fitnet
-    teacher = next(line for line in lines if line.startswith("| teacher"))
-    assert "s0:" not in teacher and "%" not in teacher
+    for role_row in ("| teacher", "| student CT, no KD, 10x data (ceiling)"):
+        row = next(line for line in lines if line.startswith(role_row))
+        assert "s0:" not in row and "%" not in row
 
     report = {"seeds": seeds, "quick": True, "minutes": 1.5,
               "benchmarks": {"paired3d": {"schedule": {"cases": 9, "test_cases": 6, "size": [16, 32, 32],
-                                                       "epochs": 1, "iterations": 2, "val_iterations": 1},
+                                                       "epochs": 1, "iterations": 2, "val_iterations": 1,
+                                                       "student_fraction": 0.1, "ceiling_fraction": 1.0},
                                           "stats": stats, "comparisons": comparisons, "notes": ["a note"]},
                              "lesion2d": {"skipped": "trainer(s) nnKDTrainerImPA not registered"}}}
     md = Q.markdown_report(report)
     assert "quick" in md and table in md and "- a note" in md and "Not run: trainer(s) nnKDTrainerImPA" in md
+    assert "(students: 10 % of fold 0's training cases, ceiling: 100 %)" in md
     png = tmp_path / "quality.png"
     Q.plot(report, str(png))
     assert png.stat().st_size > 1000
@@ -113,6 +125,16 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
 
     teacher = C.PAIRED3D.role(C.TEACHER)[0]
     assert not Q.method_plan(C.PAIRED3D, teacher, 0, s, {}, 930).get("teachers")
+
+    # the data-limited students train on student_fraction, the ceiling on ceiling_fraction, teachers on everything
+    limited = replace(s, student_fraction=0.1, ceiling_fraction=1.0)
+    by_key = {m.key: m for m in C.PAIRED3D.methods}
+    fraction = {k: Q.method_plan(C.PAIRED3D, by_key[k], 0, limited, folders, 930).get("student", {}).get("train_fraction")
+                for k in ("teacher", "dose_teacher", "nokd", "react", "ceiling")}
+    assert fraction == {"teacher": None, "dose_teacher": None, "nokd": 0.1, "react": 0.1, "ceiling": 1.0}
+    student = Q.method_plan(C.PAIRED3D, by_key["nokd"], 0, limited, folders, 930)["student"]
+    assert student["channels"] == ["CT"]  # the plan file's other student settings stay
+    validate_plan(Q.method_plan(C.PAIRED3D, by_key["ceiling"], 0, limited, folders, 930), "test")
 
     bad = replace(C.PAIRED3D, teachers={"structure_function": "teacher"})
     with pytest.raises(NNKDError, match="teacher 'dose_aware' is not one this benchmark trains"):
@@ -136,7 +158,13 @@ def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
 def test_benchmark_tables_are_consistent():
     for bench in C.BENCHMARKS.values():
         roles = [m.role for m in bench.methods]
-        assert roles.count(C.TEACHER) == 1 and roles.count(C.NOKD) == 1 and C.KD in roles
+        assert roles.count(C.TEACHER) == 1 and roles.count(C.NOKD) == 1 and roles.count(C.CEILING) == 1 and C.KD in roles
+        nokd, ceiling = bench.role(C.NOKD)[0], bench.role(C.CEILING)[0]
+        assert (ceiling.trainer, ceiling.plan, ceiling.channels) == (nokd.trainer, nokd.plan, nokd.channels)
+        full = bench.full  # data-limited students against a ceiling on ten times their share of the data
+        assert full.ceiling_fraction == pytest.approx(10 * full.student_fraction)
+        assert full.cases * 0.8 * full.student_fraction >= 15  # still a few cases per class
+        assert bench.max_features and bench.max_features <= 32 and bench.max_batch_size
         assert len({m.key for m in bench.methods}) == len(bench.methods)
         assert set(bench.teachers.values()) <= {m.key for m in bench.methods if m.role in (C.TEACHER, C.AUX_TEACHER)}
         assert bench.quick.epochs <= 2 and bench.quick.cases <= bench.full.cases
@@ -161,7 +189,31 @@ def test_shared_results_folder_needs_one_model_per_trainer(tmp_path):
     with pytest.raises(NNKDError, match="cannot hold two models of trainer.s. nnKDTrainerPaGKD"):
         run.run_benchmark(C.UNPAIRED2D)
     assert not os.listdir(run.ws.env["nnUNet_raw"]) and not os.path.exists(run.ws.path("settings"))
-    assert len({m.trainer for m in C.PAIRED3D.methods}) == len(C.PAIRED3D.methods)  # the demo's benchmark fits
+    # the demo's benchmark fits: its schedule has no data limit, so no ceiling model (the no-KD student's trainer)
+    demo_models = [m for m in C.PAIRED3D.methods if m.role != C.CEILING]
+    assert len({m.trainer for m in demo_models}) == len(demo_models)
+
+
+def test_cap_network(tmp_path):
+    import json
+
+    path = tmp_path / "nnUNetPlans.json"
+    arch = {"network_class_name": "x", "arch_kwargs": {"n_stages": 4, "features_per_stage": [32, 64, 128, 256]}}
+    plans = {"configurations": {"2d": {"architecture": arch, "patch_size": [64, 64], "batch_size": 14},
+                                "3d_fullres": {"architecture": {"arch_kwargs": {"features_per_stage": [32, 64]}},
+                                               "batch_size": 2}}}
+    path.write_text(json.dumps(plans))
+    assert Q.cap_network(str(path), "2d", 48, 12) is True
+    after = json.loads(path.read_text())
+    assert after["configurations"]["2d"]["architecture"]["arch_kwargs"]["features_per_stage"] == [32, 48, 48, 48]
+    assert after["configurations"]["2d"]["batch_size"] == 12
+    assert after["configurations"]["3d_fullres"] == plans["configurations"]["3d_fullres"]  # other configs untouched
+    assert after["configurations"]["2d"]["patch_size"] == [64, 64]
+    assert Q.cap_network(str(path), "2d", 48, 12) is False  # idempotent
+    assert Q.cap_network(str(path), "3d_fullres", None, 4) is False  # batch 2 is below the cap: unchanged
+    assert Q.cap_network(str(path), "2d", None, 6) is True
+    assert json.loads(path.read_text())["configurations"]["2d"]["batch_size"] == 6
+    assert [p.name for p in tmp_path.iterdir()] == ["nnUNetPlans.json"]  # no temporary file left
 
 
 def _boxes_csv(path, rows):

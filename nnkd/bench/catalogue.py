@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from nnkd.errors import NNKDError
 
-TEACHER, AUX_TEACHER, NOKD, KD = "teacher", "second teacher", "no KD", "KD"
+TEACHER, AUX_TEACHER, NOKD, CEILING, KD = "teacher", "second teacher", "no KD", "ceiling", "KD"
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Method:
     label: str
     trainer: str
     plan: str  # a plan shipped with the package (nnkd/plans/), named for trainer
-    role: str  # TEACHER, AUX_TEACHER, NOKD or KD
+    role: str  # TEACHER, AUX_TEACHER, NOKD, CEILING (the no-KD student on 10x its data) or KD
     channels: Optional[Tuple[int, ...]] = None  # test-image channels it deploys with (None = all)
     teacher_side: bool = False  # trained and tested on the teacher modality's datasets (unpaired teachers)
 
@@ -41,6 +41,8 @@ class Schedule:
     epochs: int
     iterations: int
     val_iterations: int
+    student_fraction: float = 1.0  # share of the student's training cases the no-KD and KD students use
+    ceiling_fraction: float = 1.0  # share the achievable ceiling (the no-KD student's trainer and plan) uses
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class Benchmark:
     full: Schedule
     quick: Schedule
     speed: SpeedSetup  # data and plan entries of nnkd bench speed
+    max_features: Optional[int] = None  # cap on nnU-Net's features per encoder stage (smaller, faster networks)
+    max_batch_size: Optional[int] = None  # cap on nnU-Net's batch size (it grows with the number of cases)
 
     def method(self, key: str) -> Method:
         return next(m for m in self.methods if m.key == key)
@@ -95,14 +99,20 @@ PAIRED3D = Benchmark(
     (Method("teacher", "teacher CT+FDG+ACE", "nnKDTrainerCls", "cls_teacher", TEACHER),
      Method("dose_teacher", "dose-aware teacher CT", "nnKDTrainerDoseTeacher", "react_dose_teacher", AUX_TEACHER, CT),
      Method("nokd", "student CT, no KD", "nnKDTrainerClsBaseline", "cls_student", NOKD, CT),
+     Method("ceiling", "student CT, no KD, 10x data (ceiling)", "nnKDTrainerClsBaseline", "cls_student", CEILING, CT),
      Method("react", "REACT-KD", "nnKDTrainerREACT", "react_kd", KD, CT),
      Method("logit", "logit KD (Hinton)", "nnKDTrainerLogitKD", "kd_logit", KD, CT),
      Method("fitnet", "FitNet", "nnKDTrainerFitNet", "kd_fitnet", KD, CT),
      Method("at", "attention transfer", "nnKDTrainerAT", "kd_at", KD, CT),
      Method("dkd", "DKD", "nnKDTrainerDKD", "kd_dkd", KD, CT)),
     {"structure_function": "teacher", "dose_aware": "dose_teacher"},
-    full=Schedule(cases=48, test_cases=36, size=(16, 32, 32), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 300 cases: the teachers train on the 240 of fold 0, the CT students on 24 of them, the ceiling on all 240
+    full=Schedule(cases=300, test_cases=60, size=(16, 32, 32), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
+    max_batch_size=4,
     speed=SpeedSetup(980, size=(24, 40, 40), cases=10, quick_size=(16, 32, 32), quick_cases=8, student=_CT,
                      teacher_entries={"structure_function": {"channels": ["CT", "FDG", "ACE"]},
                                       "dose_aware": {"channels": ["CT"]}},
@@ -113,13 +123,20 @@ UNPAIRED2D = Benchmark(
     "unpaired2d", "classification", "2d", 940,
     (Method("teacher", "teacher narrow-band", "nnKDTrainerCls", "pagkd_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student white-light, no KD", "nnKDTrainerClsBaseline", "pagkd_teacher", NOKD),
+     Method("ceiling", "student white-light, no KD, 10x data (ceiling)", "nnKDTrainerClsBaseline", "pagkd_teacher",
+            CEILING),
      Method("pagkd", "PaGKD (GKD-Pro + GKD-Den)", "nnKDTrainerPaGKD", "pagkd", KD),
      Method("pro_only", "GKD-Pro only", "nnKDTrainerPaGKDProOnly", "pagkd_pro_only", KD),
      Method("den_only", "GKD-Den only", "nnKDTrainerPaGKDDenOnly", "pagkd_den_only", KD),
      Method("image_level", "image-level instead of group-level", "nnKDTrainerPaGKDImageLevel", "pagkd_image_level", KD)),
     {"nbi": "teacher"},
-    full=Schedule(cases=120, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 360 cases per modality: the NBI teacher trains on the 288 of fold 0, the WLI students on 30, the ceiling on 288
+    full=Schedule(cases=360, test_cases=90, size=(64, 64), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
+    max_batch_size=12,  # PaGKD's groups: several images of each class per batch
     # nnU-Net's 2d batch is 5 % of the cases (120 cases: batches of 6, two per class), each with a class-matched
     # teacher batch
     speed=SpeedSetup(982, size=(64, 64), cases=120, quick_size=(32, 32), quick_cases=40, student={},
@@ -130,11 +147,17 @@ LESION2D = Benchmark(
     "lesion2d", "detection", "2d", 950,
     (Method("teacher", "ImPA teacher mammography", "nnKDTrainerImPA", "impa_teacher", TEACHER, teacher_side=True),
      Method("nokd", "student, no KD (teacher init)", "nnKDTrainerCoMoToNoKD", "comoto_nokd", NOKD),
+     Method("ceiling", "student, no KD, 10x data (ceiling)", "nnKDTrainerCoMoToNoKD", "comoto_nokd", CEILING),
      Method("comoto", "CoMoTo (LsKD)", "nnKDTrainerCoMoTo", "comoto", KD),
      Method("image_kd", "image-level KD", "nnKDTrainerCoMoToImageKD", "comoto_image_kd", KD)),
     {"mammography": "teacher"},
-    full=Schedule(cases=60, test_cases=40, size=(64, 64), epochs=15, iterations=20, val_iterations=4),
-    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1),
+    # 200 cases per modality: the teacher trains on the 160 of fold 0, the students on 16 (10 %), the ceiling on 160
+    full=Schedule(cases=200, test_cases=60, size=(64, 64), epochs=15, iterations=20, val_iterations=4,
+                  student_fraction=0.1, ceiling_fraction=1.0),
+    quick=Schedule(cases=12, test_cases=6, size=(32, 32), epochs=1, iterations=2, val_iterations=1,
+                   student_fraction=0.5, ceiling_fraction=1.0),
+    max_features=32,
+    max_batch_size=8,
     speed=SpeedSetup(984, size=(64, 64), cases=60, quick_size=(32, 32), quick_cases=40, student={},
                      teacher_entries={}, batch_case="CoMoTo"),
 )

@@ -1,17 +1,20 @@
 """`nnkd bench quality`: what each distillation method buys on nnkd's synthetic benchmarks, over several seeds.
 
-Per benchmark the teacher(s), the student without distillation (no-KD) and the student with each
-applicable method are trained through ``nnUNetv2_train`` with the repository's plan files (schedule,
-seed and teacher folders filled in), applied to an external synthetic test set with the student's
-modality only, and evaluated: macro one-vs-rest AUC (classification, ``nnkd predict`` + ``nnkd
-evaluate``) or FROC mean sensitivity at 1-4 FP per case (lesion detection, ``nnUNetv2_predict`` +
-``nnkd detect`` + ``nnkd evaluate --detection``). Per method it reports mean and sd over seeds, the
-share of the teacher-student gap it closes, ``(method - noKD) / (teacher - noKD)`` on the seed
-means, and, per seed, the comparison with the no-KD student of the same seed on the same test cases:
-``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference and DeLong's test per
-class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are reported one by one,
-not pooled: the test cases are the same for every seed, so pooling them would count each case
-several times.
+Per benchmark the teacher(s), the student without distillation (no-KD), the achievable ceiling and the
+student with each applicable method are trained through ``nnUNetv2_train`` with the repository's plan
+files (schedule, seed, training share and teacher folders filled in), applied to an external synthetic
+test set with the student's modality only, and evaluated: macro one-vs-rest AUC (classification,
+``nnkd predict`` + ``nnkd evaluate``) or FROC mean sensitivity at 1-4 FP per case (lesion detection,
+``nnUNetv2_predict`` + ``nnkd detect`` + ``nnkd evaluate --detection``). The students are data-limited:
+they train on a small share of their training set (``Schedule.student_fraction``); the **achievable
+ceiling** in their own modality is the no-KD student on ten times that share (``ceiling_fraction``).
+Per method it reports mean and sd over seeds, the share of the achievable gap it closes, ``(method -
+noKD) / (ceiling - noKD)``, and the share of the teacher-student gap, ``(method - noKD) / (teacher -
+noKD)``, both on the seed means, and, per seed, the comparison with the no-KD student of the same seed
+on the same test cases: ``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference
+and DeLong's test per class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are
+reported one by one, not pooled: the test cases are the same for every seed, so pooling them would
+count each case several times.
 
 The seed changes the initialisation and the sampling of every training (teachers included: the
 students of seed s learn from the teachers of seed s); the synthetic datasets stay the same.
@@ -28,7 +31,7 @@ import time
 from dataclasses import asdict, replace
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from nnkd.bench.catalogue import AUX_TEACHER, BENCHMARKS, KD, NOKD, TEACHER, Benchmark, Method, Schedule
+from nnkd.bench.catalogue import AUX_TEACHER, BENCHMARKS, CEILING, KD, NOKD, TEACHER, Benchmark, Method, Schedule
 from nnkd.errors import NNKDError
 
 DEFAULT_SEEDS = (0, 1, 2)
@@ -57,7 +60,9 @@ def gap_share(method: Optional[float], nokd: Optional[float], teacher: Optional[
 
 
 def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -> Dict[str, Dict[str, Any]]:
-    """Per method: per-seed values, mean, sd, n and the gap share (on the seed means)."""
+    """Per method: per-seed values, mean, sd, n and, for KD methods, the gap shares on the seed means:
+    ``ceiling_gap_share`` against the achievable ceiling in the student's modality (None when the
+    benchmark has no ceiling), ``gap_share`` against the teacher on its own modality."""
     stats = {}
     for m in bench.methods:
         per_seed = values.get(m.key, {})
@@ -67,9 +72,13 @@ def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -
                         "n": sum(v is not None for v in per_seed.values())}
     teacher = bench.role(TEACHER)[0].key
     nokd = bench.role(NOKD)[0].key
+    ceiling = bench.role(CEILING)[0].key if bench.role(CEILING) else None
     for m in bench.methods:
+        kd = m.role == KD
         stats[m.key]["gap_share"] = gap_share(stats[m.key]["mean"], stats[nokd]["mean"], stats[teacher]["mean"]) \
-            if m.role == KD else None
+            if kd else None
+        stats[m.key]["ceiling_gap_share"] = gap_share(stats[m.key]["mean"], stats[nokd]["mean"],
+                                                      stats[ceiling]["mean"]) if kd and ceiling else None
     return stats
 
 
@@ -141,7 +150,7 @@ def _comparison_cell(c: Optional[Dict[str, Any]]) -> str:
 
 def ran(bench: Benchmark, stats: Dict[str, Dict[str, Any]]) -> List[Method]:
     """The methods of ``bench`` with at least one run in ``stats`` (teachers and no-KD always)."""
-    return [m for m in bench.methods if m.role != KD or stats.get(m.key, {}).get("per_seed")]
+    return [m for m in bench.methods if m.role not in (KD, CEILING) or stats.get(m.key, {}).get("per_seed")]
 
 
 def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
@@ -149,16 +158,18 @@ def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
     """One benchmark as a markdown table: value mean +- sd, per seed, gap share, per-seed comparison.
     Methods not run (left out with ``--methods``) get no row."""
     head = ["method", "role", "trainer / plan", f"{bench.metric}: mean ± sd (n)",
-            *[f"seed {s}" for s in seeds], "gap closed", "vs no KD, per seed: Δ [95% CI] p"]
+            *[f"seed {s}" for s in seeds], "gap closed: ceiling", "gap closed: teacher",
+            "vs no KD, per seed: Δ [95% CI] p"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in ran(bench, stats):
         st = stats[m.key]
         value = f"{_num(st['mean'])} ± {_num(st['sd'])} ({st['n']})" if st["mean"] is not None else "n/a"
         per_seed = [_num(st["per_seed"].get(str(s))) for s in seeds]
-        gap = f"{100 * st['gap_share']:.0f} %" if st.get("gap_share") is not None else ("" if m.role != KD else "n/a")
+        gaps = [f"{100 * st[k]:.0f} %" if st.get(k) is not None else ("" if m.role != KD else "n/a")
+                for k in ("ceiling_gap_share", "gap_share")]
         comp = "; ".join(f"s{s}: {_comparison_cell(comparisons.get(m.key, {}).get(str(s)))}" for s in seeds) \
             if m.role == KD else ""
-        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, gap, comp])
+        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, *gaps, comp])
                     + " |")
     return "\n".join(rows)
 
@@ -167,9 +178,12 @@ def markdown_report(report: Dict[str, Any]) -> str:
     lines = ["# nnkd bench quality", "",
              f"Seeds {', '.join(map(str, report['seeds']))}{' (quick: tiny data, 1-2 epochs, metrics meaningless)' if report['quick'] else ''}; "
              f"{report['minutes']:.1f} min. Test sets are external synthetic sets (other data seed) seen with the "
-             "student's modality only; the teacher row is the teacher on its own modality (the upper bound).",
+             "student's modality only; the teacher row is the teacher on its own modality, the ceiling row the no-KD "
+             "student trained on ten times the students' share of the training set (the achievable ceiling in the "
+             "student's modality).",
              "",
-             "*gap closed* = (method − no KD) / (teacher − no KD) on the seed means. *vs no KD*: per seed, the method "
+             "*gap closed: ceiling* = (method − no KD) / (ceiling − no KD), *gap closed: teacher* = (method − no KD) / "
+             "(teacher − no KD), both on the seed means. *vs no KD*: per seed, the method "
              "minus the no-KD student of the same seed on the same test cases, with a paired bootstrap 95 % CI "
              "(`*`: the CI excludes 0); classification adds DeLong's p per class (one-vs-rest, class order as in the "
              "dataset), detection a one-sided bootstrap p (share of resamples where the method is not better).", ""]
@@ -180,8 +194,10 @@ def markdown_report(report: Dict[str, Any]) -> str:
             lines += [f"Not run: {b['skipped']}", ""]
             continue
         s = b["schedule"]
-        lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}, "
-                  f"{s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
+        share = (f" (students: {100 * s['student_fraction']:.0f} % of fold 0's training cases, ceiling: "
+                 f"{100 * s['ceiling_fraction']:.0f} %)") if 'student_fraction' in s else ""
+        lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}"
+                  f"{share}, {s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
                   f"{s['epochs']} epochs x {s['iterations']} iterations, nnU-Net configuration {bench.config}.", ""]
         lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"]), ""]
         if b.get("notes"):
@@ -210,11 +226,14 @@ def plot(report: Dict[str, Any], path: str) -> None:
         for i, m in enumerate(methods):
             st = stats[m.key]
             vals = [v for v in st["per_seed"].values() if v is not None]
-            color = {TEACHER: "tab:green", AUX_TEACHER: "tab:olive", NOKD: "tab:grey"}.get(m.role, "tab:blue")
+            color = {TEACHER: "tab:green", AUX_TEACHER: "tab:olive", NOKD: "tab:grey",
+                     CEILING: "tab:purple"}.get(m.role, "tab:blue")
             if st["mean"] is not None:
                 ax.barh(i, st["mean"], xerr=st["sd"] or 0, color=color, alpha=0.6, capsize=3)
             ax.plot(vals, [i] * len(vals), "k.", ms=5)
-        for role, style in ((TEACHER, "--"), (NOKD, ":")):
+        for role, style in ((TEACHER, "--"), (CEILING, "-."), (NOKD, ":")):
+            if not bench.role(role):
+                continue
             mean = stats[bench.role(role)[0].key]["mean"]
             if mean is not None:
                 ax.axvline(mean, color="k", ls=style, lw=1, label=f"{role} mean")
@@ -242,6 +261,10 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     plan["seed"] = seed
     plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
                         "num_val_iterations_per_epoch": schedule.val_iterations}
+    fraction = {NOKD: schedule.student_fraction, KD: schedule.student_fraction,
+                CEILING: schedule.ceiling_fraction}.get(m.role)
+    if fraction is not None:  # the data-limited students and their ceiling; teachers train on everything
+        plan["student"] = dict(plan.get("student", {}), train_fraction=fraction)
     teachers = []
     for t in plan.get("teachers", []):
         key = bench.teachers.get(t.get("name"))
@@ -259,6 +282,28 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
         if "warmup_epochs" in params:
             params["warmup_epochs"] = min(params["warmup_epochs"], schedule.epochs // 5)
     return plan
+
+
+def cap_network(plans_path: str, config: str, max_features: Optional[int] = None,
+                max_batch_size: Optional[int] = None) -> bool:
+    """Cap ``features_per_stage`` and ``batch_size`` of ``config`` in an nnU-Net plans file (in place,
+    atomically; None = no cap); True when it changed. Every model of a benchmark then builds the same
+    smaller network (a teacher's model folder keeps the plans it was trained with)."""
+    from nnkd.io import write_json
+
+    with open(plans_path) as f:
+        plans = json.load(f)
+    conf = plans["configurations"][config]
+    kwargs = conf["architecture"]["arch_kwargs"]
+    before = (list(kwargs["features_per_stage"]), conf["batch_size"])
+    if max_features:
+        kwargs["features_per_stage"] = [min(int(n), max_features) for n in kwargs["features_per_stage"]]
+    if max_batch_size:
+        conf["batch_size"] = min(int(conf["batch_size"]), max_batch_size)
+    if (kwargs["features_per_stage"], conf["batch_size"]) == before:
+        return False
+    write_json(plans_path, plans)
+    return True
 
 
 class QualityRun:
@@ -331,6 +376,9 @@ class QualityRun:
         synth(ws, bench.kind, test_id, s.test_cases, 1000, s.size)
         train_ids = [did, did + 1] if bench.unpaired else [did]
         plan_and_preprocess(ws, train_ids, bench.config)
+        for d in train_ids:
+            cap_network(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d), "nnUNetPlans.json"),
+                        bench.config, bench.max_features, bench.max_batch_size)
         return {"student": did, "teacher": did + 1 if bench.unpaired else did,
                 "test_student": test_id, "test_teacher": test_id + 1 if bench.unpaired else test_id}
 
@@ -429,8 +477,11 @@ class QualityRun:
 
     # ------------------------------------------------------------------ one benchmark
     def run_benchmark(self, bench: Benchmark, methods: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-        needed = set(bench.teachers.values()) | {bench.role(TEACHER)[0].key, bench.role(NOKD)[0].key}
+        s = self.schedule(bench)
+        needed = set(bench.teachers.values()) | {m.key for m in bench.methods if m.role in (TEACHER, NOKD, CEILING)}
         chosen = [m for m in bench.methods if methods is None or m.key in methods or m.key in needed]
+        if s.ceiling_fraction <= s.student_fraction:  # the ceiling would repeat the no-KD student
+            chosen = [m for m in chosen if m.role != CEILING]
         if self.shared_results:  # nnU-Net names a model folder by dataset, trainer and configuration only
             slots = [(m.teacher_side, m.trainer) for m in chosen]
             twice = sorted({t for side, t in slots if slots.count((side, t)) > 1})
@@ -441,7 +492,6 @@ class QualityRun:
         if why:
             self.log(f"[{bench.key}] skipped: {why}")
             return {"skipped": why}
-        s = self.schedule(bench)
         self._check_settings(bench, s)
         t0 = time.time()
         self.log(f"[{bench.key}] data: {s.cases} training / {s.test_cases} test cases of {'x'.join(map(str, s.size))}")
@@ -449,7 +499,7 @@ class QualityRun:
         for m in chosen:
             self.test_images(bench, m, ids)
         teachers = [(seed, m) for seed in self.seeds for m in chosen if m.role in (TEACHER, AUX_TEACHER)]
-        students = [(seed, m) for seed in self.seeds for m in chosen if m.role in (NOKD, KD)]
+        students = [(seed, m) for seed in self.seeds for m in chosen if m.role in (NOKD, CEILING, KD)]
         self.log(f"[{bench.key}] {len(teachers) + len(students)} models ({len(self.seeds)} seed(s)), "
                  f"{s.epochs} epochs x {s.iterations} iterations each, {self.jobs} at a time")
         records: Dict[str, Dict[str, Any]] = {}

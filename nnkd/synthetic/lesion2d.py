@@ -1,9 +1,19 @@
 """``lesion2d``: breast-imaging-like grey images with 0 to 3 round lesions (the CoMoTo setting).
 
-Two unpaired datasets: the student at id N (low lesion contrast, strong 1/f^3 anatomical clutter
-whose blobs mimic lesions, more noise, slight blur) and the teacher at id N+1 (high contrast,
-mild clutter). Label 1 = lesion; lesions never touch, so each connected component is one lesion
-(``synth_truth.json`` lists their centres and boxes). Case classes: negative / positive (has a lesion).
+Two unpaired datasets: the student at id N (tomosynthesis-like: low lesion contrast, strong 1/f^3
+anatomical clutter whose blobs mimic lesions, more noise, slight blur) and the teacher at id N+1
+(mammography-like: high contrast, mild clutter). Label 1 = lesion; lesions never touch, so each
+connected component is one lesion (``synth_truth.json`` lists their centres, radii and boxes). Case
+classes: negative / positive (has a lesion).
+
+Designed so that lesion-level distillation has something to transfer: the lesions are the *same*
+objects in both modalities, visible in the student's at a low but learnable contrast, and 16-24 px
+across at 64x64 (radius 8-12 px, scaled with the image), so every lesion spans 2-3 cells of a
+stride-8 encoder stage and the 9 keypoints of its box read different feature vectors. The benchmark
+trains the student on 10-20 % of its set (``student.train_fraction``), the low-data regime of the
+paper. Measured on 60 cases per modality (tests/test_synth.py: lesion discs against equally sized
+lesion-free discs, scored by the mean inside minus a ring around them, with the true positions and
+radii): AUC about 0.99 in the teacher modality, about 0.85 in the student's (its documented oracle).
 
 Files are 16-bit grey png (12-bit values, as mammography detectors deliver): 2D images read by
 nnU-Net's natural-image reader like the RGB datasets, and lossless, so the faint student
@@ -28,6 +38,7 @@ DEFAULT_CASES = 60
 DEFAULT_NAME = "SynthLesion"
 MAX_LESIONS = 3
 MAX_VALUE = 4095  # 12-bit
+RADIUS_RANGE = (8.0, 12.0)  # lesion radius in pixels at 64x64 (scaled with the image): 2-3 cells of a stride-8 stage
 
 
 @dataclass(frozen=True)
@@ -54,8 +65,8 @@ def make_case(rng: np.random.Generator, num_lesions: int, shape: tuple[int, int]
     breast_dist = geometry.normalised_distance(shape, (h / 2, 0.0), breast_radii)  # chest wall at x = 0
     breast = breast_dist <= 1
 
-    candidates = 24
-    radii = rng.uniform(2.5, 5.0, candidates) * min(shape) / 64
+    candidates = 48
+    radii = rng.uniform(*RADIUS_RANGE, candidates) * min(shape) / 64
     centres = geometry.uniform_in_ellipsoid(rng, candidates, (h / 2, 0.0), breast_radii * 0.75)
     centres[:, 1] = np.abs(centres[:, 1]) + radii + 1  # the half of the ellipse inside the image, off the wall
     keep = geometry.pick_separated(centres, radii, gap=2.0)[:num_lesions]

@@ -1,12 +1,23 @@
 """``unpaired2d``: endoscopy-like RGB polyp images in two unpaired modalities (the PaGKD setting).
 
-Two datasets with disjoint cases: the student at id N (white-light-like: reddish, vignetting,
-specular highlights, blur, noise; the class pattern faint) and the teacher at id N+1
-(narrow-band-like: cyan mucosa, brown surface pattern, clear). Every image shows one polyp whose
-surface pattern carries the class, with random period, orientation and phase:
-adenoma = stripes (tubular pits), hyperplastic = a lattice of round spots, serrated = irregular
-band-pass texture at the same scale. All three have the same mean and similar power, so only the
-pattern's structure separates them.
+Two datasets with disjoint cases: the student at id N (white-light-like) and the teacher at id N+1
+(narrow-band-like). Every image shows one polyp whose surface pattern carries the class, with random
+period, orientation and phase: adenoma = stripes (tubular pits), hyperplastic = a lattice of round
+spots, serrated = irregular band-pass texture at the same scale. All three have the same mean and
+similar power, so only the pattern's structure separates them.
+
+Designed as learning with privileged information across unpaired sets: the *same* class patterns
+at the same scale in both modalities, shown clearly in narrow-band light (high pattern contrast, no
+glare) and faintly in white light, where WLI-only nuisances compete with them: a random colour cast
+per image, vignetting, specular highlights, low-frequency shading (folds, mucus) and blur. The
+pattern's period (8-11 px at 64x64, scaled with the image) keeps it above the band nnU-Net's
+low-resolution augmentation removes. The benchmark trains the white-light student on a small share
+of its set (about 30 cases) against the full narrow-band set, so the student is data-limited and a
+teacher that has learnt the patterns has something to pass on.
+
+Measured on 120 cases per modality at 64x64 (tests/test_synth.py, 5-fold cross-validated logistic
+regression on 4 spectral features of the polyp, macro one-vs-rest AUC): narrow-band about 1.0,
+white-light about 0.85 (the student's documented oracle on these features).
 
 Written as png (one ``_0000.png`` RGB file per case, nnU-Net's natural-image reader). The image is
 black outside a round field of view, as endoscopy frames are. Without ``lesion_masks`` the masks
@@ -52,19 +63,21 @@ class EndoscopyModality:
     mucosa: tuple
     polyp: tuple
     pattern: tuple  # colour direction the pattern moves pixels along
+    colour_cast: float = 0.0  # sd of a random per-image RGB gain (white balance), around 1
+    shading: float = 0.0  # amplitude of low-frequency shading (folds, mucus), relative brightness
 
 
-WHITE_LIGHT = EndoscopyModality("WLI", "wli", pattern_contrast=0.07, blur=0.8, noise=0.04, vignetting=0.35,
-                                highlights=4, mucosa=(0.80, 0.42, 0.38), polyp=(0.86, 0.50, 0.44),
-                                pattern=(-0.6, -0.8, -0.7))
-NARROW_BAND = EndoscopyModality("NBI", "nbi", pattern_contrast=0.40, blur=0.0, noise=0.02, vignetting=0.15,
+WHITE_LIGHT = EndoscopyModality("WLI", "wli", pattern_contrast=0.09, blur=1.0, noise=0.05, vignetting=0.35,
+                                highlights=5, mucosa=(0.80, 0.42, 0.38), polyp=(0.86, 0.50, 0.44),
+                                pattern=(-0.6, -0.8, -0.7), colour_cast=0.08, shading=0.10)
+NARROW_BAND = EndoscopyModality("NBI", "nbi", pattern_contrast=0.35, blur=0.0, noise=0.02, vignetting=0.15,
                                 highlights=0, mucosa=(0.35, 0.58, 0.58), polyp=(0.45, 0.52, 0.42),
                                 pattern=(-0.4, -0.9, -1.0))
 
 
 def surface_pattern(rng: np.random.Generator, cls: int, shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
     """Unit-std class pattern of ``shape`` and its parameters (period in pixels, angle in radians)."""
-    period, angle = rng.uniform(4.5, 6.5), rng.uniform(0, np.pi)
+    period, angle = rng.uniform(8.0, 11.0) * min(shape) / 64, rng.uniform(0, np.pi)
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(float)
     u = (np.cos(angle) * xx + np.sin(angle) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
     v = (-np.sin(angle) * xx + np.cos(angle) * yy) * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)
@@ -88,8 +101,8 @@ def make_case(rng: np.random.Generator, cls: int, shape: tuple[int, int],
               modality: EndoscopyModality) -> tuple[np.ndarray, np.ndarray, dict]:
     """One image: ``(rgb uint8 (H, W, 3), polyp mask uint8 (H, W), truth)``."""
     h, w = shape
-    centre = rng.uniform(0.3, 0.7, 2) * shape
-    radii = rng.uniform(0.18, 0.30, 2) * shape
+    centre = rng.uniform(0.35, 0.65, 2) * shape
+    radii = rng.uniform(0.24, 0.32, 2) * shape
     dist = geometry.normalised_distance(shape, centre, radii)
     mask = (dist <= 1) & field_of_view(shape)
     soft = 1 / (1 + np.exp((dist - 1) / 0.06))  # (H, W) polyp weight with a smooth rim
@@ -104,6 +117,10 @@ def make_case(rng: np.random.Generator, cls: int, shape: tuple[int, int],
     yy, xx = np.mgrid[:h, :w]
     r2 = ((yy - h / 2) / (h / 2)) ** 2 + ((xx - w / 2) / (w / 2)) ** 2
     colour = colour * (1 - modality.vignetting * r2 / 2)[..., None]
+    if modality.shading > 0:
+        colour = colour * (1 + modality.shading * textures.smooth_noise(rng, shape, min(shape) / 6))[..., None]
+    if modality.colour_cast > 0:
+        colour = colour * np.exp(modality.colour_cast * rng.standard_normal(3))
     n_hl = rng.integers(0, modality.highlights + 1)
     if n_hl:
         spots = geometry.uniform_in_ellipsoid(rng, n_hl, centre, radii * 0.8)  # (n, 2)
