@@ -186,7 +186,7 @@ def test_shared_results_folder_needs_one_model_per_trainer(tmp_path):
     with pytest.raises(NNKDError, match="needs one seed"):
         Q.QualityRun(str(tmp_path / "a"), [0, 1], verbose=False, shared_results=True)
     run = Q.QualityRun(str(tmp_path / "b"), [0], quick=True, verbose=False, shared_results=True)
-    with pytest.raises(NNKDError, match="cannot hold two models of trainer.s. nnKDTrainerPaGKD"):
+    with pytest.raises(NNKDError, match="cannot hold two models of trainer.s. nnKDTrainerClsBaseline"):
         run.run_benchmark(C.UNPAIRED2D)
     assert not os.listdir(run.ws.env["nnUNet_raw"]) and not os.path.exists(run.ws.path("settings"))
     # the demo's benchmark fits: its schedule has no data limit, so no ceiling model (the no-KD student's trainer)
