@@ -7,6 +7,18 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: thread hand-off costs more than it saves on a shared 2-core machine. Modules use it with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_cli(args, env=None, check=True, cwd=None):
     """Run a console command in a subprocess; returns CompletedProcess (text)."""
     # nnUNet_n_proc_DA stays unset here: nnU-Net's planner calls torch.set_num_threads() with it,

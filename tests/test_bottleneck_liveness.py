@@ -10,12 +10,7 @@ from nnkd.trainers.cls import bottleneck_liveness
 from nnkd.trainers.progress import ATTENTION_MEAN_KEY, RMS_RATIO_KEY
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pair(mode, dims, channels=16, seed=0):

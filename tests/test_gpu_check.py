@@ -99,7 +99,7 @@ def test_device_reaches_every_training_and_prediction(tmp_path, monkeypatch):
     ws = QualityRun(str(tmp_path / "q"), [0], quick=True, verbose=False, device="cuda").ws
     assert ws.device == "cuda" and pipeline.Workspace(str(tmp_path / "w"), verbose=False).device == "cpu"
     calls = []
-    monkeypatch.setattr(pipeline.Workspace, "run", lambda self, args, extra_env=None, log=None: calls.append(args))
+    monkeypatch.setattr(pipeline.Workspace, "run", lambda self, args, extra_env=None, log=None, label=None: calls.append(args))
     os.makedirs(os.path.join(ws.env["nnUNet_preprocessed"], "Dataset930_Toy"))
     pipeline.train(ws, 930, "3d_fullres", "nnKDTrainerREACT", {"name": "p"}, "label")
     pipeline.predict_classes(ws, "imgs", str(tmp_path / "pc"), "model")

@@ -229,13 +229,7 @@ def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_pat
 
     tr = get_trainer_from_args(str(DS), "3d_fullres", 0, "nnKDTrainerCls", continue_training=False, device=cpu)
     tr.on_train_start()
-    tr.on_epoch_start()
-    tr.on_train_epoch_start()
-    tr.on_train_epoch_end([tr.train_step(next(tr.dataloader_train)) for _ in range(2)])
-    with torch.no_grad():
-        tr.on_validation_epoch_start()
-        tr.on_validation_epoch_end([tr.validation_step(next(tr.dataloader_val))])
-    tr.on_epoch_end()  # writes checkpoint_latest.pth (save_every=1), as an interrupted run leaves it
+    _one_epoch(tr)  # writes checkpoint_latest.pth (save_every=1), as an interrupted run leaves it
     log = open(tr.log_file).read()
     assert "training for 3 epochs of 2 iterations (+ 1 validation iterations each)" in log
     assert "epoch 1 of 3 done" in log
@@ -330,7 +324,9 @@ def _one_epoch(tr):
 
 def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws, monkeypatch):
     """A NaN learning rate (as from schedule.initial_lr NaN) stops before the step; non-finite validation losses
-    and weights stop too; checkpoints on disk stay byte-identical and finite; --c with a corrected plan works."""
+    and weights stop too; checkpoints on disk stay byte-identical and finite; --c with a corrected plan works.
+    Its CT-only runs use nnKDTrainerClsBaseline: the teacher fixture's model folder (nnKDTrainerCls) keeps its
+    CT+FDG+ACE dataset.json, which a CT-only fold of the same trainer would rewrite."""
     import hashlib
 
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -342,7 +338,7 @@ def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws,
     schedule = dict(SCHEDULE, num_epochs=3, save_every=1)
     monkeypatch.setenv("NNKD_PLAN", write_plan(ws, "lr", {"student": {"channels": ["CT"]}, "schedule": schedule}))
     cpu = torch.device("cpu")
-    tr = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=False, device=cpu)
+    tr = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerClsBaseline", continue_training=False, device=cpu)
     tr.on_train_start()
     _one_epoch(tr)  # writes checkpoint_latest.pth and checkpoint_best.pth
     files = [os.path.join(tr.output_folder, f"checkpoint_{n}.pth") for n in ("best", "latest")]
@@ -368,7 +364,7 @@ def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws,
             ["checkpoint_best.pth", "checkpoint_latest.pth"]
 
     # the run continued (--c) with a NaN learning rate: refused before the first step is applied
-    nan = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)
+    nan = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerClsBaseline", continue_training=True, device=cpu)
     nan.initial_lr = float("nan")  # what schedule.initial_lr NaN sets
     nan.load_checkpoint(files[1])
     weights = {k: v.detach().clone() for k, v in nan.network.named_parameters()}  # buffers track batch statistics
@@ -397,7 +393,7 @@ def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws,
     fixed = write_plan(ws, "lr", {"student": {"channels": ["CT"]}, "description": "lr fixed",
                                   "schedule": dict(schedule, initial_lr=0.001, num_epochs=4)})
     monkeypatch.setenv("NNKD_PLAN", fixed)
-    resumed = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)
+    resumed = get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerClsBaseline", continue_training=True, device=cpu)
     resumed.load_checkpoint(files[1])
     assert resumed.current_epoch == 1 and resumed.num_epochs == 4 and resumed.kd_plan_source == fixed
     log = open(resumed.log_file).read()
@@ -412,4 +408,4 @@ def test_nonfinite_never_reaches_a_checkpoint_and_a_corrected_plan_continues(ws,
     monkeypatch.setenv("NNKD_PLAN", write_plan(ws, "lr", {"student": {"channels": ["CT", "FDG"]},
                                                           "schedule": schedule}))
     with pytest.raises(NNKDError, match="cannot change when continuing: student.channels\\."):
-        get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerCls", continue_training=True, device=cpu)
+        get_trainer_from_args(str(DS), "3d_fullres", 1, "nnKDTrainerClsBaseline", continue_training=True, device=cpu)

@@ -15,13 +15,7 @@ from nnkd.ops.cam import grad_cam, refine_cam
 K, CS, CT, D = 3, 8, 6, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: thread hand-off costs more than it saves on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _head(c_in, seed):

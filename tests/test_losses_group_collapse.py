@@ -8,12 +8,7 @@ from nnkd.nets.outputs import NetOutputs
 Y = torch.tensor([0, 1, 0, 1])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _setup(cs=8, **kw):
