@@ -23,6 +23,7 @@ LOSSES = {
     "focal": "nnkd.losses.classification:FocalLoss",
     "logit_kd": "nnkd.losses.logit:LogitKD",
     "dkd": "nnkd.losses.logit:DKD",
+    "seg_kd": "nnkd.losses.seg:SegKD",
     "fitnet": "nnkd.losses.feature:FitNet",
     "at": "nnkd.losses.feature:AttentionTransfer",
     "region_graph": "nnkd.losses.graph:RegionGraphKD",
