@@ -17,6 +17,7 @@ TRAINERS = {
         "nnKDTrainerUnpaired", "nnKDTrainerPaGKD", "nnKDTrainerPaGKDProOnly", "nnKDTrainerPaGKDDenOnly",
         "nnKDTrainerPaGKDImageLevel", "nnKDTrainerImPA", "nnKDTrainerCoMoTo", "nnKDTrainerCoMoToImageKD",
         "nnKDTrainerCoMoToNoKD")},
+    "nnKDTrainerSegKD": "nnkd.trainers.seg:nnKDTrainerSegKD",
 }
 LOSSES = {
     "ce": "nnkd.losses.classification:CrossEntropy",
