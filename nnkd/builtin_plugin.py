@@ -17,7 +17,7 @@ TRAINERS = {
         "nnKDTrainerUnpaired", "nnKDTrainerPaGKD", "nnKDTrainerPaGKDProOnly", "nnKDTrainerPaGKDDenOnly",
         "nnKDTrainerPaGKDImageLevel", "nnKDTrainerImPA", "nnKDTrainerCoMoTo", "nnKDTrainerCoMoToImageKD",
         "nnKDTrainerCoMoToNoKD")},
-    "nnKDTrainerSegKD": "nnkd.trainers.seg:nnKDTrainerSegKD",
+    **{name: f"nnkd.trainers.seg:{name}" for name in ("nnKDTrainerSegKD", "nnKDTrainerSegKDBaseline")},
 }
 LOSSES = {
     "ce": "nnkd.losses.classification:CrossEntropy",

@@ -66,7 +66,7 @@ TEACHER_SETTINGS = {
     "nnKDTrainerDoseTeacher": "none", "nnKDTrainerImPA": "none",
     "nnKDTrainerDistill": "paired", "nnKDTrainerREACT": "paired", "nnKDTrainerLogitKD": "paired",
     "nnKDTrainerFitNet": "paired", "nnKDTrainerAT": "paired", "nnKDTrainerDKD": "paired",
-    "nnKDTrainerSegKD": "paired",
+    "nnKDTrainerSegKD": "paired", "nnKDTrainerSegKDBaseline": "none",
     "nnKDTrainerUnpaired": "unpaired", "nnKDTrainerPaGKD": "unpaired", "nnKDTrainerPaGKDProOnly": "unpaired",
     "nnKDTrainerPaGKDDenOnly": "unpaired", "nnKDTrainerPaGKDImageLevel": "unpaired",
     "nnKDTrainerCoMoTo": "unpaired", "nnKDTrainerCoMoToImageKD": "unpaired", "nnKDTrainerCoMoToNoKD": "unpaired",

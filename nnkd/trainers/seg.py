@@ -115,3 +115,11 @@ class nnKDTrainerSegKD(nnKDTrainerDistill):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         nnKDTrainer.perform_actual_validation(self, save_probabilities)
+
+
+class nnKDTrainerSegKDBaseline(nnKDTrainerSegKD):
+    """The same segmentation-only student without distillation (no teachers): the no-KD baseline, in its own
+    results folder."""
+
+    plan_defaults = {"name": "seg_nokd", "losses": []}
+    requires_teachers = False
