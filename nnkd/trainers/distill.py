@@ -181,6 +181,8 @@ class nnKDTrainerDistill(nnKDTrainerCls):
             return
         teacher = self.teachers[0]
         src, dst = teacher.network.state_dict(), self._bare_network().state_dict()
+        if getattr(self._bare_network(), "head", True) is None:  # a student without head takes all but the head
+            src = {k: v for k, v in src.items() if not k.startswith("head.")}
         mismatch = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape)
         if mismatch or set(src) != set(dst):
             msg = (f"student.init_from_teacher: teacher '{teacher.name}' has another architecture "
