@@ -118,8 +118,9 @@ class nnKDTrainerSegKD(nnKDTrainerDistill):
 
 
 class nnKDTrainerSegKDBaseline(nnKDTrainerSegKD):
-    """The same segmentation-only student without distillation (no teachers): the no-KD baseline, in its own
-    results folder."""
+    """Segmentation-only student without distillation (no teachers): the no-KD baseline of nnKDTrainerSegKD.
+
+    Its own class so that it trains into its own results folder."""
 
     plan_defaults = {"name": "seg_nokd", "losses": []}
     requires_teachers = False
