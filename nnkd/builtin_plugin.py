@@ -17,12 +17,14 @@ TRAINERS = {
         "nnKDTrainerUnpaired", "nnKDTrainerPaGKD", "nnKDTrainerPaGKDProOnly", "nnKDTrainerPaGKDDenOnly",
         "nnKDTrainerPaGKDImageLevel", "nnKDTrainerImPA", "nnKDTrainerCoMoTo", "nnKDTrainerCoMoToImageKD",
         "nnKDTrainerCoMoToNoKD")},
+    **{name: f"nnkd.trainers.seg:{name}" for name in ("nnKDTrainerSegKD", "nnKDTrainerSegKDBaseline")},
 }
 LOSSES = {
     "ce": "nnkd.losses.classification:CrossEntropy",
     "focal": "nnkd.losses.classification:FocalLoss",
     "logit_kd": "nnkd.losses.logit:LogitKD",
     "dkd": "nnkd.losses.logit:DKD",
+    "seg_kd": "nnkd.losses.seg:SegKD",
     "fitnet": "nnkd.losses.feature:FitNet",
     "at": "nnkd.losses.feature:AttentionTransfer",
     "region_graph": "nnkd.losses.graph:RegionGraphKD",

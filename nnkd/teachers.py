@@ -193,7 +193,7 @@ def _load_teacher(i: int, spec: Dict[str, Any], loader, student_channel_names: D
                         f"{meta.get('sha256') or 'no hash'} for {meta.get('checkpoint', 'its checkpoint')}")
     if t.spatial_dims != spatial_dims:
         raise NNKDError(f"{where} is {t.spatial_dims}D but the student is {spatial_dims}D")
-    if t.class_names != list(student_classes):
+    if student_classes is not None and t.class_names != list(student_classes):  # None: a student without classes
         raise NNKDError(f"{where} predicts classes {t.class_names}, the student {list(student_classes)}")
     if spec["paired"]:
         try:

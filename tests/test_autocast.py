@@ -66,6 +66,7 @@ TEACHER_SETTINGS = {
     "nnKDTrainerDoseTeacher": "none", "nnKDTrainerImPA": "none",
     "nnKDTrainerDistill": "paired", "nnKDTrainerREACT": "paired", "nnKDTrainerLogitKD": "paired",
     "nnKDTrainerFitNet": "paired", "nnKDTrainerAT": "paired", "nnKDTrainerDKD": "paired",
+    "nnKDTrainerSegKD": "paired", "nnKDTrainerSegKDBaseline": "none",
     "nnKDTrainerUnpaired": "unpaired", "nnKDTrainerPaGKD": "unpaired", "nnKDTrainerPaGKDProOnly": "unpaired",
     "nnKDTrainerPaGKDDenOnly": "unpaired", "nnKDTrainerPaGKDImageLevel": "unpaired",
     "nnKDTrainerCoMoTo": "unpaired", "nnKDTrainerCoMoToImageKD": "unpaired", "nnKDTrainerCoMoToNoKD": "unpaired",
@@ -379,3 +380,57 @@ def test_grad_cam_and_prototype_similarity_in_float32_under_autocast(dname):
             sim = prototype_similarity(a.to(low), b.to(low), kind)
         assert sim.dtype == torch.float32
         torch.testing.assert_close(sim, prototype_similarity(a.to(low).float(), b.to(low).float(), kind))
+
+
+# ------------------------------------------------------------------ the segmentation-only student
+
+def _segkd_step(ws, losses, teachers=None, init=False):
+    """nnKDTrainerSegKD built as nnUNetv2_train builds it, on a dataset.json WITHOUT case labels, one step.
+    Returns (trainer, terms, decoder calls per teacher)."""
+    cls = registry("trainers")["nnKDTrainerSegKD"][0]
+    plan = {"seed": 0, "network": NETWORK, "teachers": teachers or ws.teachers["paired"],
+            "student": {"channels": ["CT"], "init_from_teacher": init}, "losses": losses}
+    path = os.path.join(ws.root, "segkd_plan.json")
+    write_json(path, plan)
+    djson = dataset_json(["CT", "PET"], STUDENT_KEYS)
+    del djson["nnkd"]  # no case labels
+    plans = dict(toy_plans(STUDENT_DATASET), continue_training=False)
+    with pytest.MonkeyPatch.context() as mp, open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+        mp.setenv("NNKD_PLAN", path)
+        trainer = cls(plans, CONFIGURATION, 0, djson, DEVICE)
+        trainer.initialize()
+    calls = [0] * len(trainer.teachers)
+    for i, t in enumerate(trainer.teachers):
+        t.network.decoder.register_forward_hook(lambda *a, i=i: calls.__setitem__(i, calls[i] + 1))
+    before = [p.detach().clone() for p in trainer._bare_network().parameters()]
+    if init:  # started from teacher 0's weights, all but its head
+        teacher = trainer.teachers[0].network.state_dict()
+        own = trainer._bare_network().state_dict()
+        assert set(teacher) - set(own) and all(k.startswith("head.") for k in set(teacher) - set(own))
+        assert all(torch.equal(v, teacher[k]) for k, v in own.items())
+    with precision(None):
+        out = trainer.train_step(make_batch("paired"))
+    moved = any(not torch.equal(a, p) for a, p in zip(before, trainer._bare_network().parameters()))
+    assert moved, "the optimizer step changed no student weight"
+    return trainer, {k: float(np.mean(v)) for k, v in out.items()}, calls
+
+
+def test_segkd_trains_without_case_labels_and_decodes_teachers_only_for_seg_kd(workspace):
+    feature = [{"name": "fitnet", "weight": 1.0, "params": {"stage": -1}}, {"name": "at", "weight": 1.0, "params": {}},
+               {"name": "region_graph", "weight": 1.0, "params": {"stage": -2}}]
+    trainer, terms, calls = _segkd_step(workspace, [{"name": "seg_kd", "weight": 1.0, "params": {}}] + feature)
+    assert trainer._bare_network().head is None and trainer.plans_manager.plans["nnkd"]["network"]["num_classes"] == 0
+    assert {"term/seg", "term/seg_kd", "term/fitnet", "term/at"} <= set(terms), terms
+    assert any(k.startswith("term/region_graph") for k in terms), terms
+    assert "term/cls" not in terms and all(math.isfinite(v) for v in terms.values()), terms
+    assert terms["term/seg_kd"] > 0
+    assert calls == [1, 1]  # seg_kd read each teacher's segmentation: one decoder run per teacher
+    _, terms, calls = _segkd_step(workspace, feature)  # feature losses only: no teacher decodes
+    assert calls == [0, 0] and "term/seg_kd" not in terms and all(math.isfinite(v) for v in terms.values())
+
+
+def test_segkd_student_starts_from_a_teacher_with_head(workspace):
+    pet = {"name": "pet", "model_folder": workspace.teachers["paired"][1]["model_folder"],
+           "channel_map": {"PET": "CT"}}  # one input channel: the student's architecture
+    _, terms, calls = _segkd_step(workspace, [{"name": "seg_kd"}], teachers=[pet], init=True)
+    assert calls == [1] and math.isfinite(terms["term/seg_kd"])

@@ -207,6 +207,27 @@ def test_react_student_dual_teachers(ws, teacher, tmp_path):
     assert (tmp_path / "levels" / "levels.png").is_file()
 
 
+def test_segmentation_student_distilled_voxel_by_voxel(ws, teacher, tmp_path):
+    """nnKDTrainerSegKD through nnU-Net's CLI: seg_kd + FitNet from the CT+PET teacher, no head, CT-only predict."""
+    plan = write_plan(ws, "segkd", {"trainers": ["nnKDTrainerSegKD"], "student": {"channels": ["CT"]},
+                                    "teachers": [{"name": "petct", "model_folder": teacher}],
+                                    "losses": [{"name": "seg_kd"}, {"name": "fitnet", "params": {"stage": -1}}]})
+    train(ws, "nnKDTrainerSegKD", plan)
+    folder = model_folder(ws, "nnKDTrainerSegKD")
+    ck = load_checkpoint(os.path.join(folder, "fold_0", "checkpoint_final.pth"), TRAINER_KEYS)
+    assert not any(k.startswith("head.") for k in ck["network_weights"])
+    assert len(ck["logging"]["kd/seg_kd"]) == 1 and len(ck["logging"]["kd/fitnet"]) == 1
+    assert np.isfinite(ck["logging"]["kd/seg_kd"][0]) and ck["logging"]["kd/seg_kd"][0] > 0
+    assert "cls/val_auc" not in ck["logging"]
+    assert json.load(open(os.path.join(folder, "plans.json")))["nnkd"]["network"]["num_classes"] == 0
+    assert os.path.isfile(os.path.join(folder, "fold_0", "validation", "summary.json"))  # nnU-Net's Dice
+    assert not os.path.exists(os.path.join(folder, "fold_0", "validation", "classification.csv"))
+    run_cli([tool("nnUNetv2_predict"), "-i", images(ws, [0], "ct_only"), "-o", str(tmp_path / "seg"), "-d", str(DS),
+             "-c", "3d_fullres", "-tr", "nnKDTrainerSegKD", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
+            env=ws["env"])
+    assert len([f for f in os.listdir(tmp_path / "seg") if f.endswith(".nii.gz")]) == 3
+
+
 def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_path):
     """Resume restores plan, epoch, optimizer and logger; a NaN loss stops and keeps the checkpoint."""
     import hashlib

@@ -264,7 +264,7 @@ def test_settings_defaults_and_round_trip():
     (None, r"'nnUNetPlans' of dataset 'Dataset999_Toy' have no 'nnkd.network' section.*not written by an nnkd"),
     ({"cbam": True}, r"nnkd.network.num_classes is required"),
     ({"num_classes": 3, "cbam_reductoin": 4}, r"unknown field\(s\) \['cbam_reductoin'\]"),
-    ({"num_classes": 0, "head_dropout": 1.0}, r"num_classes must be an integer >= 1, got 0; "
+    ({"num_classes": -1, "head_dropout": 1.0}, r"num_classes must be an integer >= 0 \(0: no classification head\), got -1; "
                                               r"nnkd.network.head_dropout must be a number in \[0, 1\)"),
     ({"num_classes": 3, "cbam": "yes"}, r"nnkd.network.cbam must be true or false, got 'yes'"),
 ])
@@ -272,6 +272,17 @@ def test_build_network_rejects_bad_plans(nnkd_network, match):
     pm = PlansManager(toy_plans(2, nnkd_network=nnkd_network))
     with pytest.raises(NNKDError, match=match):
         build_network(pm, pm.get_configuration("2d"), 2, SEG_OUTPUTS)
+
+
+def test_no_head_when_num_classes_is_zero():
+    """num_classes 0: a segmentation-only network (no head parameters, logits None, same seg and features)."""
+    pm = PlansManager(toy_plans(2, nnkd_network={"num_classes": 0}))
+    net = build_network(pm, pm.get_configuration("2d"), 2, SEG_OUTPUTS, False)
+    assert net.head is None and not any(k.startswith("head.") for k in net.state_dict())
+    x = torch.randn(2, 2, 32, 32)
+    out = net(x, return_all=True)
+    assert out.logits is None and "classify" not in out.extras
+    assert torch.equal(out.seg, net(x)) and len(out.features) == len(net.stage_widths)
 
 
 def test_unsupported_architecture_is_named():

@@ -21,6 +21,6 @@ Contract for every registered loss (see also :mod:`nnkd.hooks`):
   inputs (``x.sum() * 0``), never a Python float, so the graph and DDP stay consistent.
 """
 from nnkd.losses.registry import BUILTIN_LOSSES, register_loss
-from nnkd.losses import classification, logit, graph, feature, group, lesion  # noqa: F401  (registration)
+from nnkd.losses import classification, logit, graph, feature, group, lesion, seg  # noqa: F401  (registration)
 
 __all__ = ["BUILTIN_LOSSES", "register_loss"]

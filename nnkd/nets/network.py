@@ -21,7 +21,7 @@ from nnkd.nets.outputs import NetOutputs
 class NetworkSettings:
     """Head and CBAM settings, stored in the plans as ``plans['nnkd']['network']``."""
 
-    num_classes: int
+    num_classes: int  # 0: no classification head (a segmentation-only network, e.g. nnKDTrainerSegKD's student)
     cbam: bool = True
     cbam_reduction: int = 8
     # "plain" (the paper's CBAM output; model folders written before the field existed hold it),
@@ -68,7 +68,7 @@ def _is_int(value) -> bool:
 
 
 _RULES = {  # field -> (validator, what the message asks for)
-    "num_classes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "num_classes": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (0: no classification head)"),
     "cbam": (lambda v: isinstance(v, bool), "true or false"),
     "cbam_reduction": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "cbam_mode": (lambda v: v in CBAM_MODES, " or ".join(f'"{m}"' for m in CBAM_MODES)),
@@ -93,7 +93,7 @@ class NNKDNetwork(nn.Module):
 
     ``forward(x)`` returns exactly what the plain U-Net returns (segmentation logits, a list under
     deep supervision, full resolution first) and never evaluates the head. ``forward(x, return_all=True)``
-    returns :class:`NetOutputs` with the class logits ``(B, K)``, the encoder features (the last one
+    returns :class:`NetOutputs` with the class logits ``(B, K)`` (``None`` when ``num_classes`` is 0: no head), the encoder features (the last one
     after CBAM), the CBAM map ``(B, 1, *bottleneck)`` (``None`` without CBAM),
     ``extras['pre_cbam']`` (the bottleneck before CBAM, for liveness statistics) and
     ``extras['classify']`` (the logits as a function of the bottleneck's global average ``(B, C)``, any
@@ -122,7 +122,7 @@ class NNKDNetwork(nn.Module):
             raise NNKDError(f"head_stages {head_stages} is not within 1..{len(widths)} (the encoder's stages)")
         pooled = widths if head_stages == "all" else widths[len(widths) - int(head_stages):]
         self.head = ClassificationHead(pooled, num_classes, hidden=head_hidden, dropout=head_dropout, pool=head_pool,
-                                       standardize=head_standardize, lr_scale=head_lr_scale)
+                                       standardize=head_standardize, lr_scale=head_lr_scale) if num_classes else None
 
     @property
     def stage_widths(self) -> List[int]:
@@ -138,6 +138,8 @@ class NNKDNetwork(nn.Module):
         seg = self.decoder(skips)
         if not return_all:
             return seg
+        if self.head is None:  # segmentation-only network: no class logits
+            return NetOutputs(seg=seg, logits=None, features=skips, attention=attention, extras={"pre_cbam": pre_cbam})
         return NetOutputs(seg=seg, logits=self.head(skips), features=skips, attention=attention,
                           extras={"classify": self.head.classify_last_average(skips), "pre_cbam": pre_cbam})
 

@@ -3,6 +3,7 @@ from nnkd.trainers.base import nnKDTrainer
 from nnkd.trainers.cls import nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher
 from nnkd.trainers.distill import (nnKDTrainerAT, nnKDTrainerDistill, nnKDTrainerDKD, nnKDTrainerFitNet,
                                    nnKDTrainerLogitKD, nnKDTrainerREACT)
+from nnkd.trainers.seg import nnKDTrainerSegKD, nnKDTrainerSegKDBaseline
 from nnkd.trainers.unpaired import (nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD, nnKDTrainerCoMoToNoKD, nnKDTrainerImPA,
                                     nnKDTrainerPaGKD, nnKDTrainerPaGKDDenOnly, nnKDTrainerPaGKDImageLevel,
                                     nnKDTrainerPaGKDProOnly, nnKDTrainerUnpaired)
@@ -13,7 +14,7 @@ for _cls in (nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDos
              nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerFitNet, nnKDTrainerAT,
              nnKDTrainerDKD, nnKDTrainerUnpaired, nnKDTrainerPaGKD, nnKDTrainerPaGKDProOnly, nnKDTrainerPaGKDDenOnly,
              nnKDTrainerPaGKDImageLevel, nnKDTrainerImPA, nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
-             nnKDTrainerCoMoToNoKD):
+             nnKDTrainerCoMoToNoKD, nnKDTrainerSegKD, nnKDTrainerSegKDBaseline):
     register_trainer(_cls.__name__)(_cls)
 
 __all__ = list(BUILTIN_TRAINERS) + ["BUILTIN_TRAINERS", "register_trainer"]

@@ -78,8 +78,8 @@ class _DeferredDecoder(nn.Module):
 class TeacherOutputs(NetOutputs):
     """:class:`NetOutputs` whose ``seg`` runs the teacher's decoder on first access (then cached).
 
-    No built-in loss reads a teacher's segmentation, and the decoder (full-resolution stages) is
-    about 60 % of a teacher forward; a plugin loss that reads ``.seg`` gets the same tensor as an
+    The decoder (full-resolution stages) is about 60 % of a teacher forward, so it runs only for a
+    loss that reads ``.seg`` (of the built-in ones ``seg_kd``); that loss gets the same tensor as an
     eager forward would have given.
     """
 
@@ -154,7 +154,7 @@ class nnKDTrainerDistill(nnKDTrainerCls):
                             f"{other} teacher(s) {wrong} need a{'n' if other == 'unpaired' else ''} {other} trainer "
                             f"(field 'teachers[i].paired')")
         self.teachers: List[Teacher] = load_teachers(
-            plan["teachers"], self.full_dataset_json["channel_names"], self.class_names,
+            plan["teachers"], self.full_dataset_json["channel_names"], self.class_names or None,  # []: no classes
             len(self.configuration_manager.patch_size), self.device)
         for t in self.teachers:
             self.print_to_log_file(f"teacher '{t.name}': {t.meta.get('model_folder')} fold {t.meta.get('fold')} "
@@ -181,6 +181,8 @@ class nnKDTrainerDistill(nnKDTrainerCls):
             return
         teacher = self.teachers[0]
         src, dst = teacher.network.state_dict(), self._bare_network().state_dict()
+        if getattr(self._bare_network(), "head", True) is None:  # a student without head takes all but the head
+            src = {k: v for k, v in src.items() if not k.startswith("head.")}
         mismatch = sorted(k for k in dst if k not in src or src[k].shape != dst[k].shape)
         if mismatch or set(src) != set(dst):
             msg = (f"student.init_from_teacher: teacher '{teacher.name}' has another architecture "
@@ -235,14 +237,18 @@ class nnKDTrainerDistill(nnKDTrainerCls):
 
     def compute_losses(self, out, b: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         terms = super().compute_losses(out, b)
+        terms.update(self.distillation_terms(out, b))
+        return terms
+
+    def distillation_terms(self, out, b: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        """The loss bank's weighted terms for the student's outputs ``out`` on batch ``b``."""
         if not self.loss_bank.losses:  # e.g. a teacher-initialised baseline without KD: no teacher forward
-            return terms
+            return {}
         teacher_out = self.teacher_outputs(b)
         n = len(teacher_out)
         # paired teachers see the student's patch, so they share its targets; unpaired batches bring their own
         b = {"teacher_class_target": [b["class_target"]] * n, "teacher_seg_target": [b["seg_target"]] * n, **b}
-        terms.update(self.loss_bank_call(out, teacher_out, b))
-        return terms
+        return self.loss_bank_call(out, teacher_out, b)
 
     def nnkd_checkpoint_entry(self) -> Dict[str, Any]:
         entry = super().nnkd_checkpoint_entry()
