@@ -106,7 +106,7 @@ def test_student_deploys_with_ct_only(ws, student, tmp_path):
     nnkd_cli("predict", "-i", ct, "-o", tmp_path / "pred", "-m", student, "-f", 0, "--save-attention",
              env=ws["env"])
     rows = open(tmp_path / "pred" / "classification.csv").read().splitlines()
-    assert rows[0] == "case_id,prob_G1,prob_G2,prob_G3,predicted,label" and len(rows) == 4
+    assert rows[0] == "case_id,prob_G1,prob_G2,prob_G3,predicted,label,channels" and len(rows) == 4
     import SimpleITK as sitk
 
     image = sitk.ReadImage(os.path.join(ct, sorted(os.listdir(ct))[0]))
