@@ -53,3 +53,39 @@ def test_subsets_without_a_channels_column_are_refused_and_nothing_is_written(tm
     assert rc == 2 and f"{tmp_path / 'a.csv'}: no 'channels' column" in err
     assert f"{tmp_path / 'b.csv'} (case x2): empty 'channels'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_dice_per_subset_against_an_independent_computation(tmp_path, capsys):
+    import nibabel as nib
+
+    rng = np.random.default_rng(3)
+    names = ["benign", "malignant"]
+    masks = tmp_path / "labelsTr"
+    masks.mkdir()
+    truth = {}
+    for i in range(6):
+        t = np.zeros((8, 8, 8), np.uint8)
+        t[2:6, 2:6, 2 + i % 3:6] = 1
+        truth[f"c{i}"] = t
+        nib.save(nib.Nifti1Image(t, np.eye(4)), str(masks / f"c{i}.nii.gz"))
+    expected = {}
+    for subset, noise in (("CT+FDG", 0.05), ("CT", 0.3)):
+        folder = tmp_path / subset
+        folder.mkdir()
+        values = []
+        for case, t in truth.items():
+            seg = np.where(rng.random(t.shape) < noise, 1 - t, t).astype(np.uint8)
+            nib.save(nib.Nifti1Image(seg, np.eye(4)), str(folder / f"{case}.nii.gz"))
+            values.append(2 * np.sum(seg * t) / (np.sum(seg) + np.sum(t)))
+        expected[subset] = np.mean(values)
+        write_prediction_csv(folder / "classification.csv", list(truth), [[0.7, 0.3], [0.4, 0.6]] * 3, names,
+                             names * 3, [subset] * 6)
+    out = tmp_path / "report"
+    assert main(["evaluate", "--subsets", str(tmp_path / "CT" / "classification.csv"),
+                 str(tmp_path / "CT+FDG" / "classification.csv"), "--masks", str(masks), "-o", str(out),
+                 "--n-bootstrap", "50"]) == 0
+    rows = {r["channels"]: r for r in csv.DictReader(open(out / "subsets.csv"))}
+    for subset, value in expected.items():
+        assert abs(float(rows[subset]["dice"]) - value) < 1e-9 and rows[subset]["n_dice"] == "6"
+        assert float(rows[subset]["dice_ci_low"]) <= value <= float(rows[subset]["dice_ci_high"])
+    assert expected["CT+FDG"] > expected["CT"] and "Dice [95% CI]" in capsys.readouterr().out

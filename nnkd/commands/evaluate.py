@@ -32,6 +32,9 @@ def register(subparsers) -> None:
     p.add_argument("--subsets", action="store_true",
                    help="robustness per channel subset: group the rows of the prediction file(s) by their 'channels' "
                         "column (nnkd predict --all-subsets) -> subsets.csv, subsets.png, Markdown table")
+    p.add_argument("--masks", metavar="LABELS_FOLDER",
+                   help="with --subsets: ground-truth masks (CASE<ending>, e.g. labelsTr) for the mean Dice per subset of "
+                        "the segmentations next to each CSV")
     p.add_argument("--detection", action="store_true",
                    help="lesion detection: FROC of one detection CSV against the ground truth given by --labels")
     _add_common_options(p)
@@ -138,6 +141,8 @@ def run_evaluate(args) -> int:
         return _run_detection(args)
     if args.subsets:
         return _run_subsets(args)
+    if args.masks:
+        raise NNKDError("--masks goes with --subsets")
     from nnkd.evaluation.classification import evaluate
     from nnkd.evaluation.levels import levels_table
     from nnkd.evaluation.predictions import align, read_prediction_csv
@@ -190,10 +195,12 @@ def _run_subsets(args) -> int:
     from nnkd.evaluation.classification import evaluate
     from nnkd.evaluation.levels import levels_table
     from nnkd.evaluation.predictions import align
-    from nnkd.evaluation.subsets import add_auc_drop, markdown_table, read_subsets, write_subsets_report
+    from nnkd.evaluation.subsets import add_auc_drop, markdown_table, read_subsets, subset_dice, write_subsets_report
 
     if args.names is not None:
         raise NNKDError("--subsets names each level by its channels; leave out --names")
+    if args.masks and not os.path.isdir(args.masks):
+        raise NNKDError(f"--masks {args.masks}: not a folder")
     preds = read_subsets(args.predictions)
     labels_arg = _read_labels(args.labels)
     truth, problems = {}, []
@@ -206,6 +213,7 @@ def _run_subsets(args) -> int:
             problems.append(f"channels {subset}: {e}")
     if problems:
         raise NNKDError("\n".join(problems))
+    dices = subset_dice(preds, args.masks, args.n_bootstrap, args.seed) if args.masks else None
     results = {}
     for subset, pred in preds.items():
         print(f"evaluating channels {subset} ({len(pred.case_ids)} cases, {args.n_bootstrap} bootstrap resamples)",
@@ -213,6 +221,8 @@ def _run_subsets(args) -> int:
         results[subset] = evaluate(pred, truth[subset][1], truth[subset][0], allow_missing=args.allow_missing,
                                    n_bootstrap=args.n_bootstrap, seed=args.seed, n_bins=args.n_bins)
     table = add_auc_drop(levels_table(results))
+    for row in table["levels"] if dices else []:
+        row.update(dices[row["level"]])
     write_subsets_report(args.output, table)
     print(markdown_table(table))
     print(f"report: {os.path.abspath(args.output)} (subsets.json, subsets.csv, subsets.png)")

@@ -4,6 +4,7 @@ or ``CT+FDG``), ordered from the most channels to the fewest.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -66,14 +67,18 @@ def add_auc_drop(table: dict) -> dict:
 
 
 def markdown_table(table: dict) -> str:
-    """The subsets table as Markdown (subset, n, AUC [95% CI], AUC drop, accuracy, balanced accuracy)."""
+    """The subsets table as Markdown (subset, n, AUC [95% CI], AUC drop, accuracy, balanced accuracy, and
+    Dice [95% CI] when the rows have it)."""
     def f(x):
         return "n/a" if x is None else f"{x:.3f}"
 
-    lines = ["| channels | n | AUC [95% CI] | AUC drop | accuracy | balanced accuracy |", "|---|---|---|---|---|---|"]
+    has_dice = "dice" in table["levels"][0]
+    lines = ["| channels | n | AUC [95% CI] | AUC drop | accuracy | balanced accuracy |"
+             + (" Dice [95% CI] |" if has_dice else ""), "|---|---|---|---|---|---|" + ("---|" if has_dice else "")]
     for r in table["levels"]:
         lines.append(f"| {r['level']} | {r['n_cases']} | {f(r['auc'])} [{f(r['auc_ci_low'])}, {f(r['auc_ci_high'])}] "
-                     f"| {f(r.get('auc_drop'))} | {f(r['accuracy'])} | {f(r['balanced_accuracy'])} |")
+                     f"| {f(r.get('auc_drop'))} | {f(r['accuracy'])} | {f(r['balanced_accuracy'])} |"
+                     + (f" {f(r['dice'])} [{f(r['dice_ci_low'])}, {f(r['dice_ci_high'])}] |" if has_dice else ""))
     return "\n".join(lines)
 
 
@@ -82,3 +87,56 @@ def write_subsets_report(out_dir: str, table: dict) -> List[str]:
     from nnkd.evaluation.report import write_levels_report
 
     return write_levels_report(out_dir, table, stem="subsets", level="channels")
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Foreground (label > 0) Dice of two label arrays; NaN when both are empty (no lesion to find)."""
+    a, b = pred > 0, truth > 0
+    total = int(a.sum()) + int(b.sum())
+    return float("nan") if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def _label_file(folder: str, case: str) -> str | None:
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(case + ".") and not name.endswith((".npz", ".pkl", ".json", ".csv")):
+            return os.path.join(folder, name)
+    return None
+
+
+def subset_dice(preds: Dict[str, Predictions], masks: str, n_bootstrap: int = 1000, seed: int = 0) -> Dict[str, dict]:
+    """{subset: {"dice", "dice_ci_low", "dice_ci_high", "n_dice"}}: mean foreground Dice over the cases whose
+    segmentation (next to the subset's CSV, ``CASE<ending>``) and ground truth (``masks``/``CASE<ending>``)
+    exist, with a percentile bootstrap 95 % CI of the mean; cases without a lesion in either are left out.
+    Refuses, listing every case, segmentations whose shape differs from the mask's."""
+    import SimpleITK as sitk
+
+    if not os.path.isdir(masks):
+        raise NNKDError(f"--masks {masks}: not a folder")
+    out, problems = {}, []
+    for subset, pred in preds.items():
+        values = []
+        for case in pred.case_ids:
+            truth = _label_file(masks, case)
+            seg = None
+            for source in pred.source.split(", "):
+                seg = seg or _label_file(os.path.dirname(os.path.abspath(source)), case)
+            if truth is None or seg is None:
+                continue
+            a, b = sitk.GetArrayFromImage(sitk.ReadImage(seg)), sitk.GetArrayFromImage(sitk.ReadImage(truth))
+            if a.shape != b.shape:
+                problems.append(f"channels {subset}, case {case}: segmentation {seg} has shape {a.shape}, mask "
+                                f"{truth} {b.shape}")
+                continue
+            values.append(dice(a, b))
+        v = np.array([x for x in values if not np.isnan(x)])
+        if not len(v):
+            out[subset] = {"dice": None, "dice_ci_low": None, "dice_ci_high": None, "n_dice": 0}
+            continue
+        rng = np.random.default_rng(seed)
+        means = v[rng.integers(0, len(v), (n_bootstrap, len(v)))].mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        out[subset] = {"dice": float(v.mean()), "dice_ci_low": float(low), "dice_ci_high": float(high),
+                       "n_dice": int(len(v))}
+    if problems:
+        raise NNKDError("\n".join([f"{len(problems)} segmentation(s) do not fit their mask:", *problems]))
+    return out
