@@ -7,6 +7,10 @@ preprocesses a placeholder (a copy of a present channel) so that the present cha
 normalised as always, and :func:`fill_channels` then overwrites the placeholder in every network
 input (each sliding-window tile and mirror), as :class:`~nnkd.transforms.modality_dropout.ModalityDropout`
 did in training. Channels the model never lost in training are refused.
+
+One difference from training remains by construction: nnU-Net crops every channel to the bounding box of
+the nonzero voxels of all channels (and ``use_mask_for_norm`` normalises within that region). The
+placeholder's nonzero region is a present channel's, so an absent channel no longer widens the crop.
 """
 from __future__ import annotations
 
@@ -105,11 +109,8 @@ def parse_channels(spec: Sequence[str], channel_names: Dict[str, str], model_fol
     """``--channels CT 1`` (names or indices) -> sorted model channel indices; refusals name the model."""
     from nnkd.channels import resolve_channels
 
-    try:
-        return sorted(resolve_channels([int(s) if str(s).isdigit() else s for s in spec], channel_names,
-                                       f"--channels (model {model_folder})"))
-    except NNKDError as e:
-        raise NNKDError(str(e)) from None
+    return sorted(resolve_channels([int(s) if str(s).isdigit() else s for s in spec], channel_names,
+                                   f"--channels (model {model_folder})"))
 
 
 def fill_channels(x: torch.Tensor, channels: Sequence[int], value: float) -> torch.Tensor:

@@ -46,7 +46,8 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str], co
                 cases[case] = [files.get(c) for c in range(n)]
                 continue
             problems.append(f"case {case}: missing channel file(s) "
-                            f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; " + "; ".join(refused))
+                            f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; " + "; ".join(refused)
+                            + f"; the model reads {n} channel(s): {expected}")
         elif missing:
             problems.append(f"case {case}: missing channel file(s) "
                             f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; "
@@ -88,17 +89,18 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
 
     if os.path.exists(output_folder) and not os.path.isdir(output_folder):
         raise NNKDError(f"-o {output_folder}: an existing file, not a folder; name a folder for the predictions")
-    from nnkd.subsets import parse_channels
+    from nnkd.subsets import channel_contract, parse_channels
 
     if predictor is None:
         predictor = load_model_folder(model_folder, folds, checkpoint, torch.device(device))
     class_names = predictor.plans_manager.plans["nnkd"]["class_names"]
     dataset_json = predictor.dataset_json
-    contract = getattr(predictor, "channel_contract", None)
+    contract = getattr(predictor, "channel_contract", None) or \
+        channel_contract(model_folder, dataset_json["channel_names"], [None])  # no plan known: no dropout
     use = None
     if channels is not None:
         use = parse_channels(channels, dataset_json["channel_names"], model_folder)
-        refused = contract.problems(use) if contract is not None else []
+        refused = contract.problems(use)
         if refused:
             raise NNKDError("\n  ".join([f"--channels {' '.join(map(str, channels))}: nothing was predicted:",
                                          *refused]))
@@ -111,7 +113,7 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
     os.makedirs(output_folder, exist_ok=True)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
     properties, used = {}, {}
-    names = list(dataset_json["channel_names"].values()) if contract is None else contract.channel_names
+    names = contract.channel_names
 
     def preprocessed():
         for case, files in tqdm(cases.items(), desc="nnkd predict", unit="case", disable=not progress):
