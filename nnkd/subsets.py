@@ -64,7 +64,8 @@ class ChannelContract:
         return out
 
 
-def channel_contract(model_folder: str, channel_names: Dict[str, str], plans: Sequence[Optional[dict]]) -> ChannelContract:
+def channel_contract(model_folder: str, channel_names: Dict[str, str],
+                     plans: Sequence[Optional[dict]]) -> ChannelContract:
     """The contract of a model folder from its folds' effective plans (each checkpoint's ``nnkd.plan``;
     None for a checkpoint without one). A channel is droppable only if every fold's plan dropped it
     (``p > 0``, not in ``keep``, in ``droppable``); the folds must agree on ``fill``.

@@ -48,7 +48,8 @@ def test_fill_is_the_training_transforms_fill(missing):
 def test_contract_refusals_name_model_and_every_channel():
     folds = [{"modality_dropout": dict(DROPOUT, droppable=["FDG"])}, {"modality_dropout": DROPOUT}]
     contract = channel_contract("/models/M", CHANNELS, folds)
-    assert contract.droppable == {1} and [contract.name(s) for s in contract.allowed_subsets()] == ["CT+FDG+MR", "CT+MR"]
+    assert contract.droppable == {1}
+    assert [contract.name(s) for s in contract.allowed_subsets()] == ["CT+FDG+MR", "CT+MR"]
     problems = contract.problems([1])
     assert problems == ["the model /models/M was never trained without channel 'CT' (_0000): it is in "
                         "modality_dropout.keep",

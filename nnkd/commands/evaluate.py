@@ -33,8 +33,8 @@ def register(subparsers) -> None:
                    help="robustness per channel subset: group the rows of the prediction file(s) by their 'channels' "
                         "column (nnkd predict --all-subsets) -> subsets.csv, subsets.png, Markdown table")
     p.add_argument("--masks", metavar="LABELS_FOLDER",
-                   help="with --subsets: ground-truth masks (CASE<ending>, e.g. labelsTr) for the mean Dice per subset of "
-                        "the segmentations next to each CSV")
+                   help="with --subsets: ground-truth masks (CASE<ending>, e.g. labelsTr) for the mean Dice per "
+                        "subset of the segmentations next to each CSV")
     p.add_argument("--detection", action="store_true",
                    help="lesion detection: FROC of one detection CSV against the ground truth given by --labels")
     _add_common_options(p)
