@@ -29,14 +29,26 @@ class ClassProbabilityCollector(nn.Module):
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
+        self.missing: Tuple[int, ...] = ()  # channels absent in the current case (see fill_missing)
+        self.fill_value = 0.0
         self.reset()
+
+    def fill_missing(self, channels, value: float = 0.0) -> None:
+        """Set ``channels`` of every network input to ``value`` from now on (a case predicted with a subset
+        of its channels: :mod:`nnkd.subsets`); ``()`` restores the plain forward."""
+        self.missing, self.fill_value = tuple(channels), float(value)
+
+    def network_input(self, x: torch.Tensor) -> torch.Tensor:
+        from nnkd.subsets import fill_channels
+
+        return fill_channels(x, self.missing, self.fill_value)
 
     def reset(self) -> None:
         self._sum = None
         self._count = 0
 
     def forward(self, x: torch.Tensor):
-        out = self.network(x, return_all=True)
+        out = self.network(self.network_input(x), return_all=True)
         probs = torch.softmax(out.logits.float(), dim=1).sum(0)
         self._sum = probs if self._sum is None else self._sum + probs
         self._count += x.shape[0]
@@ -91,11 +103,14 @@ def class_predictor(network: nn.Module, plans_manager, configuration_manager, da
 
 def predict_classes(predictor, cases: Iterable[Tuple[str, torch.Tensor]], csv_path: str, class_names: List[str],
                     labels: Optional[List[str]] = None, ensemble: bool = False,
-                    each: Optional[Callable[[str, torch.Tensor], None]] = None) -> np.ndarray:
+                    each: Optional[Callable[[str, torch.Tensor], None]] = None,
+                    channels: Optional[dict] = None) -> np.ndarray:
     """Predict every ``(case id, (C, *shape) preprocessed data)`` and write ``classification.csv``.
 
     ``each(case, segmentation logits)`` runs after each case (segmentation export, attention maps).
-    Returns the class probabilities (N, K); the CSV is written once, after the last case.
+    ``channels``: {case: channels used, e.g. ``CT+FDG``}, filled while the cases are read, written as the
+    CSV's ``channels`` column. Returns the class probabilities (N, K); the CSV is written once, after the
+    last case.
     """
     from nnkd.evaluation.predictions import write_prediction_csv
 
@@ -108,7 +123,8 @@ def predict_classes(predictor, cases: Iterable[Tuple[str, torch.Tensor]], csv_pa
             ids.append(case)
             probs.append(p.numpy())
     probs = np.stack(probs)
-    write_prediction_csv(csv_path, ids, probs, class_names, labels)
+    write_prediction_csv(csv_path, ids, probs, class_names, labels,
+                         None if channels is None else [channels[c] for c in ids])
     return probs
 
 
@@ -125,6 +141,7 @@ def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device)
 
     from nnkd.checkpoints import PREDICT_KEYS, load_checkpoint
     from nnkd.nets.network import build_network
+    from nnkd.subsets import channel_contract
 
     if not os.path.isdir(folder):
         raise NNKDError(f"model folder not found: {folder}")
@@ -177,6 +194,10 @@ def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device)
     if problems:
         raise NNKDError("\n  ".join([f"cannot predict with {folder}:", *problems]))
     network.load_state_dict(first["network_weights"])
-    return class_predictor(network, pm, cm, dataset_json, first["trainer_name"],
-                           first.get("inference_allowed_mirroring_axes"), device,
-                           [ck["network_weights"] for _, ck in checkpoints])
+    predictor = class_predictor(network, pm, cm, dataset_json, first["trainer_name"],
+                                first.get("inference_allowed_mirroring_axes"), device,
+                                [ck["network_weights"] for _, ck in checkpoints])
+    predictor.channel_contract = channel_contract(
+        folder, dataset_json["channel_names"],
+        [ck["nnkd"].get("plan") if isinstance(ck.get("nnkd"), dict) else None for _, ck in checkpoints])
+    return predictor

@@ -106,7 +106,7 @@ def test_student_deploys_with_ct_only(ws, student, tmp_path):
     nnkd_cli("predict", "-i", ct, "-o", tmp_path / "pred", "-m", student, "-f", 0, "--save-attention",
              env=ws["env"])
     rows = open(tmp_path / "pred" / "classification.csv").read().splitlines()
-    assert rows[0] == "case_id,prob_G1,prob_G2,prob_G3,predicted,label" and len(rows) == 4
+    assert rows[0] == "case_id,prob_G1,prob_G2,prob_G3,predicted,label,channels" and len(rows) == 4
     import SimpleITK as sitk
 
     image = sitk.ReadImage(os.path.join(ct, sorted(os.listdir(ct))[0]))
@@ -124,9 +124,17 @@ def test_predict_refuses_bad_inputs(ws, student, teacher, tmp_path):
     no_fdg = tmp_path / "no_fdg"
     shutil.copytree(images(ws, [0, 1, 2], "all_channels"), no_fdg)
     os.remove(no_fdg / "liver_000_0001.nii.gz")
-    p = nnkd_cli("predict", "-i", no_fdg, "-o", tmp_path / "o0", "-m", teacher, env=ws["env"], check=False)
-    assert p.returncode == 2 and "case liver_000: missing channel file(s) liver_000_0001.nii.gz" in p.stderr
-    assert "_0001=FDG" in p.stderr
+    # the teacher trained with modality dropout (keep CT) predicts without FDG, filled as in training ...
+    nnkd_cli("predict", "-i", no_fdg, "-o", tmp_path / "o0", "-m", teacher, env=ws["env"])
+    rows = dict(r.rsplit(",", 1) for r in open(tmp_path / "o0" / "classification.csv").read().splitlines()[1:])
+    assert [rows[k] for k in sorted(rows)] == ["CT+ACE", "CT+FDG+ACE", "CT+FDG+ACE"]
+    # ... but never without CT, which it always kept
+    os.remove(no_fdg / "liver_000_0000.nii.gz")
+    p = nnkd_cli("predict", "-i", no_fdg, "-o", tmp_path / "o1", "-m", teacher, env=ws["env"], check=False)
+    assert p.returncode == 2 and "case liver_000: missing channel file(s) liver_000_0000.nii.gz, " \
+        "liver_000_0001.nii.gz" in p.stderr
+    assert f"the model {teacher} was never trained without channel 'CT' (_0000): it is in modality_dropout.keep" \
+        in p.stderr and not (tmp_path / "o1").exists()
     all_channels = images(ws, [0, 1, 2], "all_channels")
     p = nnkd_cli("predict", "-i", all_channels, "-o", tmp_path / "o", "-m", student, env=ws["env"], check=False)
     assert p.returncode == 2 and "wrong channel count" in p.stderr and "liver_000" in p.stderr

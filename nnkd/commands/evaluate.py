@@ -3,8 +3,10 @@ bootstrap) for class-probability prediction CSVs.
 
 One prediction file -> REPORT/metrics.json, roc.png, dca.png, calibration.png. Several files
 (one per dose level or removed modality) -> the same report per file in REPORT/<level>/ plus
-REPORT/levels.json, levels.csv and levels.png (AUC with CI per level). Everything is computed
-before the first file is written, so a refused input leaves no report behind.
+REPORT/levels.json, levels.csv and levels.png (AUC with CI per level). With --subsets, the levels are
+the channel subsets in the files' `channels` column (nnkd predict --all-subsets or --channels):
+REPORT/subsets.json, subsets.csv, subsets.png and a Markdown table. Everything is computed before the
+first file is written, so a refused input leaves no report behind.
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ def register(subparsers) -> None:
                    help="model name (one file) or level names (one per file), shown in the plot titles (default: "
                         "the file name, or its folder for a generic name such as classification.csv)")
     p.add_argument("--n-bins", type=int, default=10, help="calibration bins (default 10)")
+    p.add_argument("--subsets", action="store_true",
+                   help="robustness per channel subset: group the rows of the prediction file(s) by their 'channels' "
+                        "column (nnkd predict --all-subsets) -> subsets.csv, subsets.png, Markdown table")
+    p.add_argument("--masks", metavar="LABELS_FOLDER",
+                   help="with --subsets: ground-truth masks (CASE<ending>, e.g. labelsTr) for the mean Dice per "
+                        "subset of the segmentations next to each CSV")
     p.add_argument("--detection", action="store_true",
                    help="lesion detection: FROC of one detection CSV against the ground truth given by --labels")
     _add_common_options(p)
@@ -131,6 +139,10 @@ def run_evaluate(args) -> int:
         raise NNKDError(f"--n-bins must be at least 1, got {args.n_bins}")
     if args.detection:
         return _run_detection(args)
+    if args.subsets:
+        return _run_subsets(args)
+    if args.masks:
+        raise NNKDError("--masks goes with --subsets")
     from nnkd.evaluation.classification import evaluate
     from nnkd.evaluation.levels import levels_table
     from nnkd.evaluation.predictions import align, read_prediction_csv
@@ -175,6 +187,45 @@ def run_evaluate(args) -> int:
     print(format_levels(table))
     print(f"report: {os.path.abspath(args.output)} (levels.json, levels.csv, levels.png; "
           f"one folder per level with metrics.json and plots)")
+    return 0
+
+
+def _run_subsets(args) -> int:
+    """``--subsets``: one level per channel subset (:mod:`nnkd.evaluation.subsets`), the levels code throughout."""
+    from nnkd.evaluation.classification import evaluate
+    from nnkd.evaluation.levels import levels_table
+    from nnkd.evaluation.predictions import align
+    from nnkd.evaluation.subsets import add_auc_drop, markdown_table, read_subsets, subset_dice, write_subsets_report
+
+    if args.names is not None:
+        raise NNKDError("--subsets names each level by its channels; leave out --names")
+    if args.masks and not os.path.isdir(args.masks):
+        raise NNKDError(f"--masks {args.masks}: not a folder")
+    preds = read_subsets(args.predictions)
+    labels_arg = _read_labels(args.labels)
+    truth, problems = {}, []
+    for subset, pred in preds.items():
+        try:
+            class_names, labels = _labels_for(pred, labels_arg)
+            align(pred, labels, class_names, args.allow_missing)
+            truth[subset] = (class_names, labels)
+        except NNKDError as e:
+            problems.append(f"channels {subset}: {e}")
+    if problems:
+        raise NNKDError("\n".join(problems))
+    dices = subset_dice(preds, args.masks, args.n_bootstrap, args.seed) if args.masks else None
+    results = {}
+    for subset, pred in preds.items():
+        print(f"evaluating channels {subset} ({len(pred.case_ids)} cases, {args.n_bootstrap} bootstrap resamples)",
+              flush=True)
+        results[subset] = evaluate(pred, truth[subset][1], truth[subset][0], allow_missing=args.allow_missing,
+                                   n_bootstrap=args.n_bootstrap, seed=args.seed, n_bins=args.n_bins)
+    table = add_auc_drop(levels_table(results))
+    for row in table["levels"] if dices else []:
+        row.update(dices[row["level"]])
+    write_subsets_report(args.output, table)
+    print(markdown_table(table))
+    print(f"report: {os.path.abspath(args.output)} (subsets.json, subsets.csv, subsets.png)")
     return 0
 
 

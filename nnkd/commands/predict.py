@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 from nnkd.errors import NNKDError
 
@@ -13,8 +13,14 @@ from nnkd.errors import NNKDError
 MULTI_CHANNEL_FILE_ENDINGS = (".png", ".bmp", ".tif")
 
 
-def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) -> Dict[str, List[str]]:
-    """{case id: [file per channel]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors name every case."""
+def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str], contract=None,
+                use: Optional[List[int]] = None) -> Dict[str, List[Optional[str]]]:
+    """{case id: [file per channel, None where absent]} for nnU-Net-style ``CASE_XXXX<ending>`` names; errors
+    name every case.
+
+    ``contract`` (:class:`nnkd.subsets.ChannelContract`): channels it allows to miss may be absent (None).
+    ``use``: read only these channels (each case must have them); the files of the others are ignored.
+    """
     from nnkd.image_check import channel_files
 
     if not os.path.isdir(folder):
@@ -26,21 +32,32 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) ->
     expected = ", ".join(f"_{int(k):04d}={v}" for k, v in sorted(channel_names.items(), key=lambda kv: int(kv[0])))
     cases, problems = {}, []
     for case, files in found.items():
-        if file_ending in MULTI_CHANNEL_FILE_ENDINGS and sorted(files) == list(range(len(files))) and len(files) <= n:
+        if file_ending in MULTI_CHANNEL_FILE_ENDINGS and sorted(files) == list(range(len(files))) and len(files) <= n \
+                and use is None:
             # one natural image file holds several channels (RGB = 3): counted after reading
             cases[case] = [files[c] for c in range(len(files))]
             continue
-        missing = [c for c in range(n) if c not in files]
+        wanted = range(n) if use is None else use
+        missing = [c for c in wanted if c not in files]
         extra = sorted(set(files) - set(range(n)))
-        if missing:
+        if missing and contract is not None and use is None:
+            refused = contract.problems([c for c in range(n) if c in files])
+            if not refused:  # every absent channel is one the model was trained to miss
+                cases[case] = [files.get(c) for c in range(n)]
+                continue
+            problems.append(f"case {case}: missing channel file(s) "
+                            f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; " + "; ".join(refused)
+                            + f"; the model reads {n} channel(s): {expected}")
+        elif missing:
             problems.append(f"case {case}: missing channel file(s) "
                             f"{', '.join(f'{case}_{c:04d}{file_ending}' for c in missing)}; "
-                            f"the model reads {n} channel(s): {expected}")
+                            + (f"the model reads {n} channel(s): {expected}" if use is None else
+                               f"--channels names {'+'.join(channel_names[str(c)] for c in use)}"))
         elif extra:
             problems.append(f"case {case}: wrong channel count: files for channel(s) {extra} exist but the model "
                             f"reads {n} channel(s): {expected}")
         else:
-            cases[case] = [files[c] for c in range(n)]
+            cases[case] = [files[c] if use is None or c in use else None for c in range(n)]
     if problems:
         raise NNKDError("\n  ".join(problems) if len(problems) == 1 else
                         "\n  ".join([f"{folder}: {len(problems)} case(s) cannot be predicted:", *problems]))
@@ -49,8 +66,15 @@ def _find_cases(folder: str, file_ending: str, channel_names: Dict[str, str]) ->
 
 def predict_folder(input_folder: str, output_folder: str, model_folder: str, folds=None,
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
-                   save_probabilities: bool = False, progress: bool = True, save_attention: bool = False) -> str:
+                   save_probabilities: bool = False, progress: bool = True, save_attention: bool = False,
+                   channels: Optional[Sequence] = None, predictor=None) -> str:
     """Predict every case of ``input_folder``; returns the path of ``classification.csv``.
+
+    ``channels``: the channels to use (names or indices; the other channels' files are ignored); None: each
+    case's present files. Absent channels are filled as the model's modality dropout filled them in
+    training (:mod:`nnkd.subsets`); channels the model never lost are refused, naming model and channel.
+    ``predictor``: an already loaded :func:`nnkd.inference.load_model_folder` (``model_folder`` then only
+    names it).
 
     The model folder's checkpoints are read without running code (:func:`nnkd.inference.load_model_folder`)
     and every input file is checked (:func:`nnkd.image_check.check_case`) before anything is written.
@@ -65,21 +89,42 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
 
     if os.path.exists(output_folder) and not os.path.isdir(output_folder):
         raise NNKDError(f"-o {output_folder}: an existing file, not a folder; name a folder for the predictions")
-    predictor = load_model_folder(model_folder, folds, checkpoint, torch.device(device))
+    from nnkd.subsets import channel_contract, parse_channels
+
+    if predictor is None:
+        predictor = load_model_folder(model_folder, folds, checkpoint, torch.device(device))
     class_names = predictor.plans_manager.plans["nnkd"]["class_names"]
     dataset_json = predictor.dataset_json
-    cases = _find_cases(input_folder, dataset_json["file_ending"], dataset_json["channel_names"])
+    contract = getattr(predictor, "channel_contract", None) or \
+        channel_contract(model_folder, dataset_json["channel_names"], [None])  # no plan known: no dropout
+    use = None
+    if channels is not None:
+        use = parse_channels(channels, dataset_json["channel_names"], model_folder)
+        refused = contract.problems(use)
+        if refused:
+            raise NNKDError("\n  ".join([f"--channels {' '.join(map(str, channels))}: nothing was predicted:",
+                                         *refused]))
+    cases = _find_cases(input_folder, dataset_json["file_ending"], dataset_json["channel_names"], contract, use)
     problems = [p for case, files in tqdm(cases.items(), desc="nnkd predict: checking inputs", unit="case",
-                                          disable=not progress) for p in check_case(case, files)]
+                                          disable=not progress) for p in check_case(case, [f for f in files if f])]
     if problems:
         raise NNKDError("\n  ".join([f"{input_folder}: {len(problems)} problem(s) in the input images; nothing "
                                      f"was predicted:", *problems]))
     os.makedirs(output_folder, exist_ok=True)
     preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
-    properties = {}
+    properties, used = {}, {}
+    names = contract.channel_names
 
     def preprocessed():
         for case, files in tqdm(cases.items(), desc="nnkd predict", unit="case", disable=not progress):
+            absent = [c for c, f in enumerate(files) if f is None]
+            present = [f for f in files if f is not None]
+            # an absent channel is read from a present file (a placeholder for nnU-Net's preprocessing, which
+            # normalises each channel on its own); the network wrapper overwrites it with the training fill
+            files = [f if f is not None else present[0] for f in files]
+            predictor.network.fill_missing(absent, contract.fill if absent else 0.0)
+            used[case] = "+".join(names[c] for c in range(len(files)) if c not in absent) \
+                if len(files) == len(names) else "+".join(names)
             try:
                 data, _, props = preprocessor.run_case(files, None, predictor.plans_manager,
                                                        predictor.configuration_manager, dataset_json)
@@ -105,7 +150,10 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
                 shutil.move(os.path.join(tmp, name), os.path.join(output_folder, name))
 
     csv = os.path.join(output_folder, "classification.csv")
-    predict_classes(predictor, preprocessed(), csv, class_names, ensemble=True, each=export)
+    try:
+        predict_classes(predictor, preprocessed(), csv, class_names, ensemble=True, each=export, channels=used)
+    finally:
+        predictor.network.fill_missing(())
     return csv
 
 
@@ -116,7 +164,7 @@ def _save_attention(predictor, data, props, path_without_ending: str) -> str:
     from nnkd.attention import AttentionAsSegmentation, to_input_grid, write_map
 
     collector = predictor.network
-    predictor.network = AttentionAsSegmentation(collector.network, predictor.label_manager.num_segmentation_heads)
+    predictor.network = AttentionAsSegmentation(_FilledInput(collector), predictor.label_manager.num_segmentation_heads)
     try:
         with torch.no_grad():
             att = predictor.predict_logits_from_preprocessed_data(data)[0].numpy()
@@ -126,6 +174,19 @@ def _save_attention(predictor, data, props, path_without_ending: str) -> str:
                      path_without_ending, props)
 
 
+class _FilledInput:
+    """``collector.network`` called on the collector's filled input (absent channels), for the attention maps."""
+
+    def __init__(self, collector):
+        self.collector = collector
+
+    def __call__(self, x, **kwargs):
+        return self.collector.network(self.collector.network_input(x), **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self.collector.network.load_state_dict(*args, **kwargs)
+
+
 def _parse_folds(folds):
     if folds is None:
         return None
@@ -133,9 +194,36 @@ def _parse_folds(folds):
 
 
 def _predict(args) -> int:
-    csv = predict_folder(args.i, args.o, args.m, _parse_folds(args.f), args.chk, args.device,
-                         args.save_probabilities, save_attention=args.save_attention)
-    print(f"class probabilities: {csv}\nsegmentations: {args.o}")
+    if not args.all_subsets:
+        csv = predict_folder(args.i, args.o, args.m, _parse_folds(args.f), args.chk, args.device,
+                             args.save_probabilities, save_attention=args.save_attention, channels=args.channels)
+        print(f"class probabilities: {csv}\nsegmentations: {args.o}")
+        return 0
+    return predict_all_subsets(args)
+
+
+def predict_all_subsets(args) -> int:
+    """``--all-subsets``: OUT/<subset>/ (classification.csv + segmentations) for every channel subset the
+    model accepts, e.g. OUT/CT+FDG, OUT/CT; then ``nnkd evaluate --subsets OUT/*/classification.csv``."""
+    import torch
+
+    from nnkd.inference import load_model_folder
+
+    if args.channels is not None:
+        raise NNKDError("--all-subsets predicts every subset the model accepts; leave out --channels")
+    predictor = load_model_folder(args.m, _parse_folds(args.f), args.chk, torch.device(args.device))
+    subsets = predictor.channel_contract.allowed_subsets()
+    print(f"{args.m}: {len(subsets)} channel subset(s): "
+          f"{', '.join(predictor.channel_contract.name(s) for s in subsets)}", flush=True)
+    csvs = []
+    for subset in subsets:
+        name = predictor.channel_contract.name(subset)
+        print(f"subset {name}", flush=True)
+        csvs.append(predict_folder(args.i, os.path.join(args.o, name), args.m, device=args.device,
+                                   save_probabilities=args.save_probabilities, save_attention=args.save_attention,
+                                   channels=list(subset), predictor=predictor))
+    print("class probabilities:\n  " + "\n  ".join(csvs))
+    print(f"robustness per subset: nnkd evaluate --subsets {' '.join(csvs)} -o REPORT")
     return 0
 
 
@@ -160,4 +248,10 @@ def register(sub) -> None:
                    help="also write segmentation softmax (.npz)")
     p.add_argument("--save-attention", action="store_true",
                    help="also write each case's CBAM spatial-attention map, aligned with the input, to OUT/attention/")
+    p.add_argument("--channels", nargs="+", default=None, metavar="CHANNEL",
+                   help="predict with these channels only (names or indices, e.g. CT); the others are filled as the "
+                        "model's modality dropout filled them in training (default: each case's present files)")
+    p.add_argument("--all-subsets", action="store_true",
+                   help="predict once per channel subset the model accepts, into OUTPUT_FOLDER/<subset>/ "
+                        "(e.g. CT+FDG, CT)")
     p.set_defaults(func=_predict)

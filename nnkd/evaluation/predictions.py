@@ -43,8 +43,10 @@ class Predictions:
 
 
 def write_prediction_csv(path: str | os.PathLike, case_ids: Sequence[str], probs, class_names: Sequence[str],
-                         labels: Sequence[str | int | None] | None = None) -> None:
-    """Write ``probs`` (N, K) for ``case_ids`` atomically; ``labels`` are class names, class indices or None."""
+                         labels: Sequence[str | int | None] | None = None,
+                         channels: Sequence[str] | None = None) -> None:
+    """Write ``probs`` (N, K) for ``case_ids`` atomically; ``labels`` are class names, class indices or None.
+    ``channels``: per case, the input channels used (``CT+FDG``), written as a last column ``channels``."""
     probs = np.asarray(probs, dtype=np.float64)
     class_names = [str(c) for c in class_names]
     n = len(case_ids)
@@ -54,14 +56,17 @@ def write_prediction_csv(path: str | os.PathLike, case_ids: Sequence[str], probs
         raise ValueError(f"labels has {len(labels)} entries for {n} cases")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case_id", *(PROB_PREFIX + c for c in class_names), "predicted", "label"])
+    if channels is not None and len(channels) != n:
+        raise ValueError(f"channels has {len(channels)} entries for {n} cases")
+    writer.writerow(["case_id", *(PROB_PREFIX + c for c in class_names), "predicted", "label",
+                     *(["channels"] if channels is not None else [])])
     predicted = probs.argmax(axis=1) if n else []
     for i, case in enumerate(case_ids):
         label = None if labels is None else labels[i]
         if isinstance(label, (int, np.integer)):
             label = class_names[int(label)]
         writer.writerow([case, *(format(p, ".8g") for p in probs[i]), class_names[predicted[i]],
-                         "" if label is None else label])
+                         "" if label is None else label, *([channels[i]] if channels is not None else [])])
     write_text(path, buf.getvalue())
 
 

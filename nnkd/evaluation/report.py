@@ -42,22 +42,23 @@ def write_classification_summary(csv_path: str, out_json: str, **kwargs) -> dict
     return {**summary, "note": result["note"]} if "note" in result else summary
 
 
-def write_levels_report(out_dir: str, table: dict) -> list[str]:
-    """``out_dir``/levels.json, levels.csv and levels.png; returns the written paths."""
-    paths = [os.path.join(out_dir, n) for n in ("levels.json", "levels.csv", "levels.png")]
+def write_levels_report(out_dir: str, table: dict, stem: str = "levels", level: str = "level") -> list[str]:
+    """``out_dir``/<stem>.json, <stem>.csv and <stem>.png; returns the written paths. ``level``: what a
+    level is (CSV header of the first column, plot axis)."""
+    paths = [os.path.join(out_dir, stem + e) for e in (".json", ".csv", ".png")]
     write_json(paths[0], table)
-    write_text(paths[1], levels_csv(table))
-    save_figure(plots.plot_levels(table), paths[2])
+    write_text(paths[1], levels_csv(table, level))
+    save_figure(plots.plot_levels(table, level), paths[2])
     return paths
 
 
-def levels_csv(table: dict) -> str:
+def levels_csv(table: dict, level: str = "level") -> str:
     columns = list(LEVEL_COLUMNS) + [k for k in table["levels"][0] if k not in LEVEL_COLUMNS]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[level if k == "level" else k for k in columns], lineterminator="\n")
     writer.writeheader()
     for row in table["levels"]:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+        writer.writerow({level if k == "level" else k: "" if row.get(k) is None else row[k] for k in columns})
     return buf.getvalue()
 
 
