@@ -7,6 +7,17 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture
+def nnunet_roots(tmp_path, monkeypatch):
+    """``{variable: folder}`` of nnUNet_raw / nnUNet_preprocessed / nnUNet_results under tmp_path, created, with
+    the environment variables pointing there."""
+    out = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+    for key, path in out.items():
+        path.mkdir()
+        monkeypatch.setenv(key, str(path))
+    return out
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: thread hand-off costs more than it saves on a shared 2-core machine. Modules use it with

@@ -9,13 +9,9 @@ from nnkd.errors import NNKDError
 
 
 @pytest.fixture
-def roots(tmp_path, monkeypatch):
-    out = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for key, path in out.items():
-        path.mkdir()
-        monkeypatch.setenv(key, str(path))
-    (out["nnUNet_raw"] / "Dataset007_Seven").mkdir()
-    return out
+def roots(nnunet_roots):
+    (nnunet_roots["nnUNet_raw"] / "Dataset007_Seven").mkdir()
+    return nnunet_roots
 
 
 def test_id_or_name(roots):

@@ -18,13 +18,10 @@ CASES = [f"case_{i:03d}" for i in range(6)]
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(nnunet_roots):
     """A raw dataset with 6 training cases (empty image files suffice for listing) and its
     preprocessed dataset.json; the nnU-Net path variables point into tmp_path."""
-    roots = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for key, path in roots.items():
-        path.mkdir()
-        monkeypatch.setenv(key, str(path))
+    roots = nnunet_roots
     raw = roots["nnUNet_raw"] / NAME
     (raw / "imagesTr").mkdir(parents=True)
     (raw / "labelsTr").mkdir()

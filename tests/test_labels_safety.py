@@ -23,12 +23,9 @@ GOOD = [(c, "AB"[i % 2]) for i, c in enumerate(CASES)]
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(nnunet_roots):
     """A raw dataset with 8 training cases and its preprocessed dataset.json."""
-    roots = {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for key, path in roots.items():
-        path.mkdir()
-        monkeypatch.setenv(key, str(path))
+    roots = nnunet_roots
     raw = roots["nnUNet_raw"] / NAME
     (raw / "imagesTr").mkdir(parents=True)
     for c in CASES:
