@@ -236,8 +236,30 @@ def test_segmentation_student_distilled_voxel_by_voxel(ws, teacher, tmp_path):
     assert len([f for f in os.listdir(tmp_path / "seg") if f.endswith(".nii.gz")]) == 3
 
 
+def test_shipped_plan_by_name_and_paired_init_from_teacher(ws, teacher):
+    """NNKD_PLAN names a shipped plan; another trainer refuses it, and a paired trainer honours
+    student.init_from_teacher (here: refuses a teacher of another architecture), before training."""
+    p = train(ws, "nnKDTrainerLogitKD", "react_kd", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and "plan 'react_kd' does not fit trainer nnKDTrainerLogitKD" in out
+    assert "field 'trainers': the plan is for nnKDTrainerREACT, not for nnKDTrainerLogitKD" in out
+    assert os.path.join("nnkd", "plans", "react_kd.json") in out
+    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerLogitKD"), "fold_0", "nnkd_plan.json"))
+    plan = write_plan(ws, "init_fitnet", {"student": {"channels": ["CT"], "init_from_teacher": True},
+                                          "teachers": [{"name": "structure_function", "model_folder": teacher}]})
+    p = train(ws, "nnKDTrainerFitNet", plan, check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0 and ("student.init_from_teacher: teacher 'structure_function' has another architecture"
+                                  in out)
+    assert "Epoch 0" not in out
+    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerFitNet"), "fold_0", "nnkd_plan.json"))
+
+
 def test_resume_nonfinite_and_missing_labels_in_process(ws, monkeypatch, tmp_path):
-    """Resume restores plan, epoch, optimizer and logger; a NaN loss stops and keeps the checkpoint."""
+    """Resume restores plan, epoch, optimizer and logger; a NaN loss stops and keeps the checkpoint.
+
+    It trains a CT-only nnKDTrainerCls fold 0, i.e. in the teacher fixture's model folder: tests that use the
+    teacher come before it in this module (pytest keeps the file order)."""
     import hashlib
 
     from nnunetv2.run.run_training import get_trainer_from_args
@@ -320,25 +342,6 @@ def test_exported_model_carries_class_names_but_no_case_labels(ws, student, tmp_
     ck = torch.load(io.BytesIO(z.read(next(n for n in names if n.endswith("checkpoint_final.pth")))),
                     weights_only=False)
     assert "case_labels" not in ck["init_args"]["dataset_json"]["nnkd"]
-
-
-def test_shipped_plan_by_name_and_paired_init_from_teacher(ws, teacher):
-    """NNKD_PLAN names a shipped plan; another trainer refuses it, and a paired trainer honours
-    student.init_from_teacher (here: refuses a teacher of another architecture), before training."""
-    p = train(ws, "nnKDTrainerLogitKD", "react_kd", check=False)
-    out = p.stdout + p.stderr
-    assert p.returncode != 0 and "plan 'react_kd' does not fit trainer nnKDTrainerLogitKD" in out
-    assert "field 'trainers': the plan is for nnKDTrainerREACT, not for nnKDTrainerLogitKD" in out
-    assert os.path.join("nnkd", "plans", "react_kd.json") in out
-    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerLogitKD"), "fold_0", "nnkd_plan.json"))
-    plan = write_plan(ws, "init_fitnet", {"student": {"channels": ["CT"], "init_from_teacher": True},
-                                          "teachers": [{"name": "structure_function", "model_folder": teacher}]})
-    p = train(ws, "nnKDTrainerFitNet", plan, check=False)
-    out = p.stdout + p.stderr
-    assert p.returncode != 0 and ("student.init_from_teacher: teacher 'structure_function' has another architecture"
-                                  in out)
-    assert "Epoch 0" not in out
-    assert not os.path.exists(os.path.join(model_folder(ws, "nnKDTrainerFitNet"), "fold_0", "nnkd_plan.json"))
 
 
 def _one_epoch(tr):
