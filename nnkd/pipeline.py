@@ -58,8 +58,13 @@ def run_logged(args: Sequence[str], env: Dict[str, str], log: Optional[str] = No
         os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
         f = open(log, "w", encoding="utf-8", buffering=1)  # line-buffered: readable while the child runs
     try:
-        with subprocess.Popen(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              errors="replace", bufsize=1) as p:
+        try:
+            p = subprocess.Popen(list(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 errors="replace", bufsize=1)
+        except FileNotFoundError:
+            raise NNKDError(f"command not found: {args[0]} (nnU-Net's console scripts come with `pip install "
+                            f"nnunetv2` in this Python environment: {os.path.dirname(sys.executable)})") from None
+        with p:
             for line in p.stdout:
                 if f is not None:
                     f.write(line)

@@ -108,3 +108,11 @@ def test_demo_prints_model_folders_logs_and_working_commands(tmp_path):
     assert ('-m "$nnUNet_results/Dataset930_SynthLiverPETCT/nnKDTrainerREACT__nnUNetPlans__3d_fullres" -f 0'
             in text)  # the distilled student, through the variable nnkd env sets
     assert QUICK.quick and "carry no meaning" in QUICK_NOTE
+
+
+def test_missing_command_is_a_clear_refusal(tmp_path):
+    """A console script that is not installed (nnUNetv2_train outside nnU-Net's environment) is named, no traceback."""
+    from nnkd.pipeline import run_logged
+
+    with pytest.raises(NNKDError, match="command not found: nnkd_no_such_tool_xyz .*pip install nnunetv2"):
+        run_logged(["nnkd_no_such_tool_xyz", "--help"], dict(os.environ), log=str(tmp_path / "x.log"))
