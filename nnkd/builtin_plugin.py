@@ -11,7 +11,8 @@ TRAINERS = {
     **{name: f"nnkd.trainers.cls:{name}" for name in ("nnKDTrainerCls", "nnKDTrainerClsBaseline",
                                                       "nnKDTrainerDoseTeacher")},
     **{name: f"nnkd.trainers.distill:{name}" for name in ("nnKDTrainerDistill", "nnKDTrainerREACT",
-                                                          "nnKDTrainerLogitKD", "nnKDTrainerFitNet",
+                                                          "nnKDTrainerLogitKD", "nnKDTrainerRegionGraph",
+                                                          "nnKDTrainerFitNet",
                                                           "nnKDTrainerAT", "nnKDTrainerDKD")},
     **{name: f"nnkd.trainers.unpaired:{name}" for name in (
         "nnKDTrainerUnpaired", "nnKDTrainerPaGKD", "nnKDTrainerPaGKDProOnly", "nnKDTrainerPaGKDDenOnly",

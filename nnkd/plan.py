@@ -57,6 +57,9 @@ DEFAULTS: Dict[str, Any] = {
     "teachers": [],
     "losses": [],
     "schedule": {},
+    # the validation after training: nnU-Net's sliding-window segmentation of the validation cases (off: only
+    # nnkd's classification pass runs) and test-time mirroring in both (off: one forward per window)
+    "validation": {"segmentation": True, "mirroring": True},
 }
 MODALITY_DROPOUT_DEFAULTS = {"p": 0.3, "keep": [], "droppable": None, "fill": 0.0}
 TEACHER_DEFAULTS = {
@@ -289,6 +292,12 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan",
                 _typed(loss["params"], dict, f"{f}.params", source)
 
     with p.check():
+        _check_keys(plan["validation"], DEFAULTS["validation"], "validation", source, p)
+        plan["validation"] = _merge(DEFAULTS["validation"], plan["validation"])
+        for k in DEFAULTS["validation"]:
+            with p.check():
+                _typed(plan["validation"].get(k), bool, f"validation.{k}", source)
+    with p.check():
         _check_keys(plan["schedule"], SCHEDULE_KEYS, "schedule", source, p)
         for k, v in plan["schedule"].items():
             if k not in SCHEDULE_KEYS:
@@ -463,7 +472,7 @@ def resolve_plan(fold_folder: Optional[str], preprocessed_folder: Optional[str],
 
 def _resumable(field: str) -> bool:
     """Fields a continued run (--c) may change: step size, epochs and schedule, loss weights, description."""
-    return (field == "description" or field == "schedule" or field.startswith("schedule.")
+    return (field == "description" or field.split(".")[0] in ("schedule", "validation")
             or field in ("classification.weight", "classification.seg_weight")
             or re.fullmatch(r"(losses|teachers)\[\d+\]\.weight", field) is not None)
 

@@ -65,6 +65,7 @@ TEACHER_SETTINGS = {
     "nnKDTrainer": "none", "nnKDTrainerCls": "none", "nnKDTrainerClsBaseline": "none",
     "nnKDTrainerDoseTeacher": "none", "nnKDTrainerImPA": "none",
     "nnKDTrainerDistill": "paired", "nnKDTrainerREACT": "paired", "nnKDTrainerLogitKD": "paired",
+    "nnKDTrainerRegionGraph": "paired",
     "nnKDTrainerFitNet": "paired", "nnKDTrainerAT": "paired", "nnKDTrainerDKD": "paired",
     "nnKDTrainerSegKD": "paired", "nnKDTrainerSegKDBaseline": "none",
     "nnKDTrainerUnpaired": "unpaired", "nnKDTrainerPaGKD": "unpaired", "nnKDTrainerPaGKDProOnly": "unpaired",

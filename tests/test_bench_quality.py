@@ -77,19 +77,20 @@ def test_comparison_summary_and_tables(tmp_path):
     assert det["p"] == 0.9
 
     seeds = [0, 1, 2]
-    values = dict(_values(), fitnet={0: None})  # FitNet ran once without a value; AT and DKD did not run
+    values = dict(_values(), fitnet={0: None})  # FitNet ran once without a value; graph, AT and DKD did not run
     stats = Q.summarise(C.PAIRED3D, values)
     comparisons = {"react": {"0": better, "1": same}, "logit": {"0": det}}
-    table = Q.markdown_table(C.PAIRED3D, stats, comparisons, seeds)
+    pooled = {"react": {"difference": 0.04, "ci95": [0.01, 0.07]}}
+    table = Q.markdown_table(C.PAIRED3D, stats, comparisons, seeds, pooled)
     lines = table.splitlines()
-    assert len(lines) == 2 + len(C.PAIRED3D.methods) - 2
+    assert len(lines) == 2 + len(C.PAIRED3D.methods) - 3
     assert "gap closed: ceiling | gap closed: teacher" in lines[0]
     assert not any(line.startswith(("| attention transfer", "| DKD")) for line in lines)
     assert all(line.count("|") == lines[0].count("|") for line in lines)  # every row has every column
     react = next(line for line in lines if line.startswith("| REACT-KD"))
     assert "0.750 ± 0.050 (3)" in react and "| 75 % | 43 % |" in react  # /(0.8 - 0.6), /(0.95 - 0.6)
     assert f"s0: {better['difference']:+.3f}" in react and "]*" in react  # CI excludes 0: marked
-    assert "s2: n/a" in react
+    assert "s2: n/a" in react and "| +0.040 [0.010, 0.070]* |" in react  # pooled seeds: CI above 0, marked
     fitnet = next(line for line in lines if line.startswith("| FitNet"))
     assert "| n/a |" in fitnet
     for role_row in ("| teacher", "| student CT, no KD, 10x data (ceiling)"):
@@ -100,7 +101,8 @@ def test_comparison_summary_and_tables(tmp_path):
               "benchmarks": {"paired3d": {"schedule": {"cases": 9, "test_cases": 6, "size": [16, 32, 32],
                                                        "epochs": 1, "iterations": 2, "val_iterations": 1,
                                                        "student_fraction": 0.1, "ceiling_fraction": 1.0},
-                                          "stats": stats, "comparisons": comparisons, "notes": ["a note"]},
+                                          "stats": stats, "comparisons": comparisons, "pooled": pooled,
+                                          "notes": ["a note"]},
                              "lesion2d": {"skipped": "trainer(s) nnKDTrainerImPA not registered"}}}
     md = Q.markdown_report(report)
     assert "quick" in md and table in md and "- a note" in md and "Not run: trainer(s) nnKDTrainerImPA" in md
@@ -139,6 +141,27 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
     bad = replace(C.PAIRED3D, teachers={"structure_function": "teacher"})
     with pytest.raises(NNKDError, match="teacher 'dose_aware' is not one this benchmark trains"):
         Q.method_plan(bad, react, 0, s, folders, 930)
+
+    # a second teacher left out (it did not beat chance): every student's plan drops it; the main one never
+    for key in ("react", "logit", "graph"):
+        plan = Q.method_plan(C.PAIRED3D, by_key[key], 0, s, {"teacher": "/r/teacher_folder"}, 930)
+        assert [t["name"] for t in plan["teachers"]] == ["structure_function"]
+        validate_plan(plan, "test")
+    with pytest.raises(KeyError):
+        Q.method_plan(C.PAIRED3D, react, 0, s, {"dose_teacher": "/r/dose_folder"}, 930)
+    assert plan["validation"] == {"segmentation": False, "mirroring": False}
+
+
+@pytest.mark.parametrize("ci, expected", [([0.51, 0.7], True), ([0.5, 0.7], False), ([0.3, 0.6], False)])
+def test_second_teacher_is_used_only_above_chance(tmp_path, ci, expected):
+    from nnkd.io import write_json
+
+    write_json(str(tmp_path / "fold_0" / "validation" / "classification_summary.json"),
+               {"auc": {"value": sum(ci) / 2, "ci95": ci}})
+    used, why = Q.beats_chance(str(tmp_path))
+    assert used is expected and f"[{ci[0]:.3f}, {ci[1]:.3f}]" in why
+    used, why = Q.beats_chance(str(tmp_path / "elsewhere"))
+    assert used is False and "no validation summary" in why
 
 
 def test_unpaired_plans_get_teacher_dataset_and_short_warmup():
@@ -246,3 +269,20 @@ def test_cli_arguments(tmp_path, capsys):
     assert main(["bench", "quality", "-o", str(tmp_path), "--seeds", "0", "0"]) == 2
     assert main(["bench", "quality", "-o", str(tmp_path), "--epochs", "0"]) == 2
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_pooled_froc_difference_over_seeds(tmp_path):
+    """Detection: the mean over seeds of the per-seed FROC differences; identical models give 0 [0, 0]."""
+    gt = tmp_path / "gt.csv"
+    gt.write_text("case_id,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
+                  + "".join(f"c{i},10,10,8,8,12,12\n" for i in range(6)) + "n0\nn1\n")
+    hits = [(f"c{i}", 0.9, 10, 10, 9, 9, 11, 11) for i in range(6)]
+    fps = [(c, 0.95, 40, 40, 39, 39, 41, 41) for c in ("n0", "n1")]
+    a = _boxes_csv(tmp_path / "a.csv", hits + fps)
+    b = _boxes_csv(tmp_path / "b.csv", hits[:2] + [(f"c{i}",) for i in range(2, 6)] + fps)
+    pooled = Q.pooled_difference("detection", [(a, b), (a, a)], str(gt), n_bootstrap=300)
+    assert pooled["per_seed"] == pytest.approx([1 - 2 / 6, 0.0])
+    assert pooled["difference"] == pytest.approx((1 - 2 / 6) / 2)
+    assert pooled["ci95"][0] <= pooled["difference"] <= pooled["ci95"][1] and pooled["ci95"][0] >= 0
+    same = Q.pooled_difference("detection", [(a, a), (b, b)], str(gt), n_bootstrap=50)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]

@@ -178,10 +178,17 @@ def test_teacher_reading_missing_channel_is_refused(ws, teacher):
 
 
 def test_react_student_dual_teachers(ws, teacher, tmp_path):
+    # the validation cut short as the benchmarks do: no segmentation pass, no test-time mirroring
     dose_plan = write_plan(ws, "dose", {"student": {"channels": ["CT"]}, "augmentation": [
-        {"name": "lowdose_noise", "params": {"p": 1.0, "channels": [0]}}]})
+        {"name": "lowdose_noise", "params": {"p": 1.0, "channels": [0]}}],
+        "validation": {"segmentation": False, "mirroring": False}})
     train(ws, "nnKDTrainerDoseTeacher", dose_plan)
     dose_teacher = model_folder(ws, "nnKDTrainerDoseTeacher")
+    val = os.path.join(dose_teacher, "fold_0", "validation")
+    assert os.path.isfile(os.path.join(val, "classification_summary.json"))
+    assert not os.path.exists(os.path.join(val, "summary.json"))  # nnU-Net's segmentation validation skipped
+    ck = load_checkpoint(os.path.join(dose_teacher, "fold_0", "checkpoint_final.pth"), TRAINER_KEYS)
+    assert ck["inference_allowed_mirroring_axes"] is not None  # what predictions use is nnU-Net's, unchanged
     plan = write_plan(ws, "react", {"student": {"channels": ["CT"]}, "teachers": [
         {"name": "structure_function", "model_folder": teacher},
         {"name": "dose_aware", "model_folder": dose_teacher, "channels": ["CT"]}]})

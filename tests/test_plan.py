@@ -19,6 +19,8 @@ def test_defaults_fill_in_and_round_trip():
 @pytest.mark.parametrize("raw, field", [
     ({"nmae": "x"}, "nmae"),
     ({"schedule": {"num_epoch": 3}}, "schedule.num_epoch"),
+    ({"validation": {"segmentation": "no"}}, "validation.segmentation"),
+    ({"validation": {"mirror": False}}, "validation.mirror"),
     ({"schedule": {"num_epochs": 0}}, "schedule.num_epochs"),
     ({"schedule": {"num_epochs": 1.5}}, "schedule.num_epochs"),
     ({"classification": {"weight": "1"}}, "classification.weight"),

@@ -102,6 +102,7 @@ PAIRED3D = Benchmark(
      Method("ceiling", "student CT, no KD, 10x data (ceiling)", "nnKDTrainerClsBaseline", "cls_student", CEILING, CT),
      Method("react", "REACT-KD", "nnKDTrainerREACT", "react_kd", KD, CT),
      Method("logit", "logit KD (Hinton)", "nnKDTrainerLogitKD", "kd_logit", KD, CT),
+     Method("graph", "region-graph KD alone", "nnKDTrainerRegionGraph", "kd_region_graph", KD, CT),
      Method("fitnet", "FitNet", "nnKDTrainerFitNet", "kd_fitnet", KD, CT),
      Method("at", "attention transfer", "nnKDTrainerAT", "kd_at", KD, CT),
      Method("dkd", "DKD", "nnKDTrainerDKD", "kd_dkd", KD, CT)),

@@ -12,9 +12,9 @@ Per method it reports mean and sd over seeds, the share of the achievable gap it
 noKD) / (ceiling - noKD)``, and the share of the teacher-student gap, ``(method - noKD) / (teacher -
 noKD)``, both on the seed means, and, per seed, the comparison with the no-KD student of the same seed
 on the same test cases: ``nnkd compare`` (paired stratified bootstrap CI of the macro-AUC difference
-and DeLong's test per class) or a paired case bootstrap of the mean-sensitivity difference. Seeds are
-reported one by one, not pooled: the test cases are the same for every seed, so pooling them would
-count each case several times.
+and DeLong's test per class) or a paired case bootstrap of the mean-sensitivity difference; and, over the
+pooled seeds, the mean of those differences with a CI that resamples the test cases (the same cases for
+every seed, so no case counts several times) and the seeds.
 
 The seed changes the initialisation and the sampling of every training (teachers included: the
 students of seed s learn from the teachers of seed s); the synthetic datasets stay the same.
@@ -82,14 +82,12 @@ def summarise(bench: Benchmark, values: Dict[str, Dict[int, Optional[float]]]) -
     return stats
 
 
-def paired_froc_difference(csv_a: str, csv_b: str, ground_truth: str, n_bootstrap: int = 1000,
-                           seed: int = 0) -> Dict[str, Any]:
-    """FROC mean sensitivity (1-4 FP/case) of A minus B on the same cases, with a paired case-bootstrap 95 % CI
-    and the share of resamples where A is not better (a one-sided bootstrap p)."""
+def froc_difference_statistic(csv_a: str, csv_b: str, ground_truth: str):
+    """``(n_cases, point, statistic)`` of the FROC mean sensitivity (1-4 FP/case) of A minus B on the same
+    cases; ``statistic(idx)`` maps (R, N) resampled case indices to (R,) differences."""
     import numpy as np
 
     from nnkd.detection import read_box_csv
-    from nnkd.evaluation.bootstrap import bootstrap, percentile_ci
     from nnkd.evaluation.froc import FP_RATES, interp_rows, match_all, weighted_curves
 
     ma = match_all(read_box_csv(csv_a, scored=True), ground_truth, csv_a)
@@ -108,12 +106,53 @@ def paired_froc_difference(csv_a: str, csv_b: str, ground_truth: str, n_bootstra
         return mean_sens(ma, w) - mean_sens(mb, w)
 
     point = float(mean_sens(ma, np.ones((1, n)))[0] - mean_sens(mb, np.ones((1, n)))[0])
+    return n, point, statistic
+
+
+def paired_froc_difference(csv_a: str, csv_b: str, ground_truth: str, n_bootstrap: int = 1000,
+                           seed: int = 0) -> Dict[str, Any]:
+    """FROC mean sensitivity (1-4 FP per case) of A minus B on the same cases, with a paired case-bootstrap 95 % CI
+    and the share of resamples where A is not better (a one-sided bootstrap p)."""
+    import numpy as np
+
+    from nnkd.evaluation.bootstrap import bootstrap, percentile_ci
+
+    n, point, statistic = froc_difference_statistic(csv_a, csv_b, ground_truth)
     boot = bootstrap(np.zeros(n), statistic, n_resamples=n_bootstrap, seed=seed)
     boot = boot[np.isfinite(boot)]
     ci = percentile_ci(boot) if len(boot) else np.array([float("nan")] * 2)
     return {"difference": point, "ci95": [float(ci[0]), float(ci[1])],
             "p_not_better": float(np.mean(boot <= 0)) if len(boot) else None, "n_cases": n,
             "n_bootstrap": n_bootstrap, "paired": True}
+
+
+def pooled_difference(task: str, pairs: Sequence[Tuple[str, str]], ground_truth: str,
+                      n_bootstrap: int = 1000) -> Dict[str, Any]:
+    """The method minus the no-KD student averaged over seeds, ``pairs`` = one (method, no-KD) prediction
+    per seed on the same test set, with a 95 % CI that resamples test cases and seeds
+    (:func:`nnkd.evaluation.bootstrap.seeds_and_cases`); ``ground_truth``: classification, the test dataset's raw
+    folder (the case labels of its dataset.json); detection, its labelsTr folder or a box CSV."""
+    import numpy as np
+
+    if task == "classification":
+        from nnkd.evaluation.comparison import compare_over_seeds
+        from nnkd.evaluation.predictions import read_prediction_csv
+        from nnkd.labels import load_json, stored_labels
+
+        path = os.path.join(ground_truth, "dataset.json")
+        class_names, labels = stored_labels(load_json(path), path)
+        return compare_over_seeds([(read_prediction_csv(a), read_prediction_csv(b)) for a, b in pairs], labels,
+                                  class_names, n_bootstrap=n_bootstrap)
+    from nnkd.evaluation.bootstrap import percentile_ci, seeds_and_cases
+
+    parts = [froc_difference_statistic(a, b, ground_truth) for a, b in pairs]
+    samples = seeds_and_cases(np.zeros(parts[0][0]), [p[2] for p in parts], n_bootstrap)
+    samples = samples[np.isfinite(samples)]
+    ci = percentile_ci(samples)
+    per_seed = [p[1] for p in parts]
+    return {"difference": float(np.mean(per_seed)), "ci95": [float(ci[0]), float(ci[1])], "per_seed": per_seed,
+            "n_seeds": len(parts), "n_cases": parts[0][0], "p_not_better": float(np.mean(samples <= 0)),
+            "bootstrap": {"n_resamples": n_bootstrap, "levels": "cases and seeds", "ci": "percentile 95%"}}
 
 
 def comparison_summary(task: str, result: Dict[str, Any]) -> Dict[str, Any]:
@@ -154,12 +193,14 @@ def ran(bench: Benchmark, stats: Dict[str, Dict[str, Any]]) -> List[Method]:
 
 
 def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
-                   comparisons: Dict[str, Dict[str, Dict[str, Any]]], seeds: Sequence[int]) -> str:
-    """One benchmark as a markdown table: value mean +- sd, per seed, gap share, per-seed comparison.
-    Methods not run (left out with ``--methods``) get no row."""
+                   comparisons: Dict[str, Dict[str, Dict[str, Any]]], seeds: Sequence[int],
+                   pooled: Optional[Dict[str, Dict[str, Any]]] = None) -> str:
+    """One benchmark as a markdown table: value mean +- sd, per seed, gap shares, the comparison with the
+    no-KD student over the pooled seeds and per seed. Methods not run (left out with ``--methods``) get no row."""
+    pooled = pooled or {}
     head = ["method", "role", "trainer / plan", f"{bench.metric}: mean ± sd (n)",
             *[f"seed {s}" for s in seeds], "gap closed: ceiling", "gap closed: teacher",
-            "vs no KD, per seed: Δ [95% CI] p"]
+            "vs no KD, seeds pooled: Δ [95% CI]", "vs no KD, per seed: Δ [95% CI] p"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in ran(bench, stats):
         st = stats[m.key]
@@ -169,8 +210,11 @@ def markdown_table(bench: Benchmark, stats: Dict[str, Dict[str, Any]],
                 for k in ("ceiling_gap_share", "gap_share")]
         comp = "; ".join(f"s{s}: {_comparison_cell(comparisons.get(m.key, {}).get(str(s)))}" for s in seeds) \
             if m.role == KD else ""
-        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, *gaps, comp])
-                    + " |")
+        p = pooled.get(m.key)
+        pool = (f"{p['difference']:+.3f} [{_num(p['ci95'][0])}, {_num(p['ci95'][1])}]"
+                f"{'*' if p['ci95'][0] > 0 or p['ci95'][1] < 0 else ''}") if p else ("" if m.role != KD else "n/a")
+        rows.append("| " + " | ".join([m.label, m.role, f"`{m.trainer}` / `{m.plan}`", value, *per_seed, *gaps, pool,
+                                       comp]) + " |")
     return "\n".join(rows)
 
 
@@ -183,7 +227,9 @@ def markdown_report(report: Dict[str, Any]) -> str:
              "student's modality).",
              "",
              "*gap closed: ceiling* = (method − no KD) / (ceiling − no KD), *gap closed: teacher* = (method − no KD) / "
-             "(teacher − no KD), both on the seed means. *vs no KD*: per seed, the method "
+             "(teacher − no KD), both on the seed means. *vs no KD, seeds pooled*: the mean over seeds of the method "
+             "minus the no-KD student of the same seed, with a 95 % CI that resamples the test cases and the seeds. "
+             "*vs no KD, per seed*: the method "
              "minus the no-KD student of the same seed on the same test cases, with a paired bootstrap 95 % CI "
              "(`*`: the CI excludes 0); classification adds DeLong's p per class (one-vs-rest, class order as in the "
              "dataset), detection a one-sided bootstrap p (share of resamples where the method is not better).", ""]
@@ -199,7 +245,7 @@ def markdown_report(report: Dict[str, Any]) -> str:
         lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}"
                   f"{share}, {s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
                   f"{s['epochs']} epochs x {s['iterations']} iterations, nnU-Net configuration {bench.config}.", ""]
-        lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"]), ""]
+        lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"], b.get("pooled")), ""]
         if b.get("notes"):
             lines += [f"- {n}" for n in b["notes"]] + [""]
     return "\n".join(lines)
@@ -251,7 +297,11 @@ def plot(report: Dict[str, Any], path: str) -> None:
 # ------------------------------------------------------------------------------------------- running
 def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teacher_folders: Dict[str, str],
                 teacher_dataset: int) -> Dict[str, Any]:
-    """The plan file of ``m`` over its trainer's defaults, with this run's name, seed, schedule and teacher folders."""
+    """The plan file of ``m`` over its trainer's defaults, with this run's name, seed, schedule and teacher folders.
+
+    A second teacher (AUX_TEACHER) missing from ``teacher_folders`` was left out (it did not beat chance): the
+    plan's entry for it is dropped. The validation after training is cut to the classification pass without
+    test-time mirroring: the benchmark measures on its own test set."""
     from nnkd.hooks import lookup
     from nnkd.pipeline import load_plan_file
     from nnkd.plan import merge_over
@@ -261,16 +311,20 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     plan["seed"] = seed
     plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
                         "num_val_iterations_per_epoch": schedule.val_iterations}
+    plan["validation"] = {"segmentation": False, "mirroring": False}
     fraction = {NOKD: schedule.student_fraction, KD: schedule.student_fraction,
                 CEILING: schedule.ceiling_fraction}.get(m.role)
     if fraction is not None:  # the data-limited students and their ceiling; teachers train on everything
         plan["student"] = dict(plan.get("student", {}), train_fraction=fraction)
+    aux = {a.key for a in bench.role(AUX_TEACHER)}
     teachers = []
     for t in plan.get("teachers", []):
         key = bench.teachers.get(t.get("name"))
         if key is None:
             raise NNKDError(f"plan {m.plan}: teacher {t.get('name')!r} is not one this benchmark trains "
                             f"({', '.join(bench.teachers)})")
+        if key in aux and key not in teacher_folders:
+            continue
         t = dict(t, model_folder=teacher_folders[key], fold=0, checkpoint="checkpoint_final.pth")
         if not t.get("paired", True):
             t["dataset"] = teacher_dataset
@@ -282,6 +336,20 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
         if "warmup_epochs" in params:
             params["warmup_epochs"] = min(params["warmup_epochs"], schedule.epochs // 5)
     return plan
+
+
+def beats_chance(model_folder: str) -> Tuple[bool, str]:
+    """Whether a trained classifier's validation AUC (nnkd's classification pass on its fold-0 validation
+    cases) has a 95 % CI above 0.5, and the line that says so. Decided on validation cases, never the test set."""
+    path = os.path.join(model_folder, "fold_0", "validation", "classification_summary.json")
+    if not os.path.isfile(path):
+        return False, f"no validation summary ({path})"
+    with open(path) as f:
+        result = json.load(f)
+    auc, ci = result.get("auc", {}).get("value"), result.get("auc", {}).get("ci95") or [None, None]
+    if auc is None or ci[0] is None:
+        return False, f"validation AUC not available ({path})"
+    return ci[0] > 0.5, f"validation AUC {auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def cap_network(plans_path: str, config: str, max_features: Optional[int] = None,
@@ -506,9 +574,17 @@ class QualityRun:
         folders: Dict[int, Dict[str, str]] = {seed: {} for seed in self.seeds}
         # teachers first (all seeds), then every student with the teachers of its seed
         done = self._parallel(teachers, lambda seed, m: self.run_model(bench, m, seed, s, ids, {}))
+        notes = []
         for (seed, m), rec in zip(teachers, done):
             records.setdefault(m.key, {})[str(seed)] = rec
-            folders[seed][m.key] = rec["model_folder"]
+            used, why = (True, "") if m.role == TEACHER else beats_chance(rec["model_folder"])
+            rec["used_as_teacher"] = used
+            if used:
+                folders[seed][m.key] = rec["model_folder"]
+            if m.role == AUX_TEACHER:
+                notes.append(f"seed {seed}: {m.label} {'used' if used else 'left out'} by every distilled student: "
+                             f"{why} ({'above' if used else 'not above'} chance)")
+                self.log(f"[{bench.key}] {notes[-1]}")
         done = self._parallel(students, lambda seed, m: self.run_model(bench, m, seed, s, ids, folders[seed]))
         for (seed, m), rec in zip(students, done):
             records.setdefault(m.key, {})[str(seed)] = rec
@@ -519,15 +595,23 @@ class QualityRun:
             if m.role == KD:
                 comparisons.setdefault(m.key, {})[str(seed)] = self.compare(
                     bench, m, seed, records[m.key][str(seed)], records[nokd_key][str(seed)])
+        pooled = {}
+        if len(self.seeds) > 1:
+            test_raw = self.ws.dataset_folder("nnUNet_raw", ids["test_student"])
+            for m in bench.role(KD):
+                if m.key in records and len(records[m.key]) == len(self.seeds):
+                    pairs = [(records[m.key][str(s_)]["predictions"], records[nokd_key][str(s_)]["predictions"])
+                             for s_ in self.seeds]
+                    truth = test_raw if bench.task == "classification" else os.path.join(test_raw, "labelsTr")
+                    pooled[m.key] = pooled_difference(bench.task, pairs, truth, self.n_bootstrap)
         stats = summarise(bench, values)
-        notes = []
         if bench.unpaired:
             notes.append("The teacher is evaluated on the teacher modality's test set, the students on the student "
                          "modality's (same generator seed, unpaired cases).")
         if bench.key == "unpaired2d":
             notes.append("The no-KD student is nnKDTrainerClsBaseline with the teacher's plan (pagkd_teacher) "
                          "on the student dataset.")
-        return {"schedule": asdict(s), "datasets": ids, "stats": stats, "comparisons": comparisons,
+        return {"schedule": asdict(s), "datasets": ids, "stats": stats, "comparisons": comparisons, "pooled": pooled,
                 "runs": records, "minutes": round((time.time() - t0) / 60, 1), "notes": notes}
 
     def run(self, benchmarks: Sequence[str], methods: Optional[Sequence[str]] = None) -> Dict[str, Any]:

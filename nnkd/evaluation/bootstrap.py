@@ -4,10 +4,11 @@ Stratifying keeps every class count fixed, so each resample has the same prevale
 and per-class AUCs are always defined. Resamples are drawn in chunks of rows (a deterministic
 function of N), so results depend only on (y, n_resamples, seed): two models or two dose levels
 evaluated on the same labels with the same seed see the same resamples (a paired bootstrap).
+:func:`seeds_and_cases` adds a second level for results averaged over training seeds.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -43,3 +44,19 @@ def percentile_ci(samples: np.ndarray, level: float = 0.95) -> np.ndarray:
     """Percentile interval over axis 0, ignoring NaN resamples: (2, ...) = (low, high)."""
     alpha = (1.0 - level) / 2.0
     return np.nanpercentile(samples, [100 * alpha, 100 * (1 - alpha)], axis=0)
+
+
+def seeds_and_cases(y: np.ndarray, statistics: Sequence[Callable[[np.ndarray], np.ndarray]], n_resamples: int = 1000,
+                    seed: int = 0) -> np.ndarray:
+    """Bootstrap of a mean over training seeds, evaluated on one test set: (n_resamples,) values.
+
+    ``statistics[s](idx)`` maps (R, N) case indices to (R,) values of seed ``s`` (e.g. a model's AUC minus
+    the no-KD student's, both of seed s). Each resample draws the cases (stratified, the same cases for every
+    seed: the seeds share the test set) and, independently, the seeds with replacement, and averages the drawn
+    seeds' values, so the interval reflects both the test sample and the variation between trainings.
+    """
+    rng = np.random.default_rng(seed + 7919)  # seed draws independent of the case draws
+    n_seeds = len(statistics)
+    picks = rng.integers(0, n_seeds, size=(n_resamples, n_seeds))
+    per_seed = np.stack([bootstrap(y, stat, n_resamples, seed) for stat in statistics], axis=1)  # (R, S)
+    return np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)

@@ -1,5 +1,6 @@
 """Paired comparison of two models' AUCs on the same cases: DeLong's test per scored class and a
-paired stratified-bootstrap CI of the AUC difference (binary AUC, or the macro AUC for K > 2)."""
+paired stratified-bootstrap CI of the AUC difference (binary AUC, or the macro AUC for K > 2); and the
+same difference averaged over training seeds (:func:`compare_over_seeds`)."""
 from __future__ import annotations
 
 import warnings
@@ -8,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from nnkd.errors import NNKDError
-from nnkd.evaluation.bootstrap import bootstrap, percentile_ci
+from nnkd.evaluation.bootstrap import bootstrap, percentile_ci, seeds_and_cases
 from nnkd.evaluation.classification import ovr_auc, scored_classes
 from nnkd.evaluation.delong import delong_test
 from nnkd.evaluation.jsonable import jsonable
@@ -78,3 +79,38 @@ def compare(a: Predictions, b: Predictions, labels: Mapping[str, str], class_nam
     result["names"] = list(names)
     result["sources"] = [a.source, b.source]
     return result
+
+
+def compare_over_seeds(pairs: Sequence[tuple], labels: Mapping[str, str], class_names: Sequence[str] | None = None,
+                       *, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """A minus B averaged over training seeds on one test set: ``pairs`` holds one (Predictions A,
+    Predictions B) per seed, all on the same cases. The point value is the mean over seeds of the macro-AUC
+    differences; the interval resamples the cases (stratified, the same for every seed) and the seeds
+    (:func:`nnkd.evaluation.bootstrap.seeds_and_cases`)."""
+    class_names = list(pairs[0][0].class_names if class_names is None else class_names)
+    arrays, ids, y = [], None, None
+    for a, b in pairs:
+        ids_a, probs_a, y_a = align(a, labels, class_names)
+        ids_b, probs_b, _ = align(b, labels, class_names)
+        if set(ids_a) != set(ids_b) or (ids is not None and set(ids_a) != set(ids)):
+            raise NNKDError(f"{a.source} and {b.source} must predict the same cases as every other seed")
+        order = {c: i for i, c in enumerate(ids_a)}
+        ids = ids if ids is not None else ids_a
+        take = [order[c] for c in ids]
+        row_b = {c: i for i, c in enumerate(ids_b)}
+        arrays.append((probs_a[take], probs_b[[row_b[c] for c in ids]]))
+        y = y_a[take]
+
+    def statistic(pa, pb):
+        return lambda idx: np.nanmean(ovr_auc(pa, y, idx) - ovr_auc(pb, y, idx), axis=1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_seed = [float(np.nanmean(ovr_auc(pa, y) - ovr_auc(pb, y))) for pa, pb in arrays]
+        samples = seeds_and_cases(y, [statistic(pa, pb) for pa, pb in arrays], n_bootstrap, seed)
+        ci = percentile_ci(samples, level)
+    return jsonable({"difference": float(np.mean(per_seed)), "ci95": ci, "per_seed": per_seed,
+                     "n_seeds": len(arrays), "n_cases": len(y),
+                     "p_not_better": float(np.mean(samples <= 0)),
+                     "bootstrap": {"n_resamples": n_bootstrap, "seed": seed, "levels": "cases (stratified) and seeds",
+                                   "ci": f"percentile {100 * level:.0f}%"}})

@@ -2,7 +2,7 @@
 from nnkd.trainers.base import nnKDTrainer
 from nnkd.trainers.cls import nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher
 from nnkd.trainers.distill import (nnKDTrainerAT, nnKDTrainerDistill, nnKDTrainerDKD, nnKDTrainerFitNet,
-                                   nnKDTrainerLogitKD, nnKDTrainerREACT)
+                                   nnKDTrainerLogitKD, nnKDTrainerREACT, nnKDTrainerRegionGraph)
 from nnkd.trainers.seg import nnKDTrainerSegKD, nnKDTrainerSegKDBaseline
 from nnkd.trainers.unpaired import (nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD, nnKDTrainerCoMoToNoKD, nnKDTrainerImPA,
                                     nnKDTrainerPaGKD, nnKDTrainerPaGKDDenOnly, nnKDTrainerPaGKDImageLevel,
@@ -11,9 +11,9 @@ from nnkd.trainers.unpaired import (nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
 from nnkd.trainers.registry import BUILTIN_TRAINERS, register_trainer
 
 for _cls in (nnKDTrainer, nnKDTrainerCls, nnKDTrainerClsBaseline, nnKDTrainerDoseTeacher,
-             nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerFitNet, nnKDTrainerAT,
-             nnKDTrainerDKD, nnKDTrainerUnpaired, nnKDTrainerPaGKD, nnKDTrainerPaGKDProOnly, nnKDTrainerPaGKDDenOnly,
-             nnKDTrainerPaGKDImageLevel, nnKDTrainerImPA, nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
+             nnKDTrainerDistill, nnKDTrainerREACT, nnKDTrainerLogitKD, nnKDTrainerRegionGraph, nnKDTrainerFitNet,
+             nnKDTrainerAT, nnKDTrainerDKD, nnKDTrainerUnpaired, nnKDTrainerPaGKD, nnKDTrainerPaGKDProOnly,
+             nnKDTrainerPaGKDDenOnly, nnKDTrainerPaGKDImageLevel, nnKDTrainerImPA, nnKDTrainerCoMoTo, nnKDTrainerCoMoToImageKD,
              nnKDTrainerCoMoToNoKD, nnKDTrainerSegKD, nnKDTrainerSegKDBaseline):
     register_trainer(_cls.__name__)(_cls)
 

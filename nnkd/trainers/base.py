@@ -206,13 +206,29 @@ class nnKDTrainer(nnUNetTrainer):
         super().on_validation_epoch_end(val_outputs)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
-        full = self.dataset_class
-        if self.uses_channel_subset:
-            self.dataset_class = channel_subset_dataset_class(full, self.input_channels)
+        """nnU-Net's validation, shaped by the plan's ``validation`` (segmentation pass, test-time mirroring),
+        then :meth:`validate_subclass_outputs`. The checkpoints are written before this runs, so the mirroring
+        they record stays nnU-Net's."""
+        full, mirroring = self.dataset_class, self.inference_allowed_mirroring_axes
+        if not self.kd_plan["validation"]["mirroring"]:
+            self.inference_allowed_mirroring_axes = None
         try:
-            super().perform_actual_validation(save_probabilities)
+            if self.kd_plan["validation"]["segmentation"]:
+                if self.uses_channel_subset:
+                    self.dataset_class = channel_subset_dataset_class(full, self.input_channels)
+                try:
+                    super().perform_actual_validation(save_probabilities)
+                finally:
+                    self.dataset_class = full
+            else:
+                self.print_to_log_file("validation: segmentation pass skipped (plan field validation.segmentation)")
+            if self.local_rank == 0:
+                self.validate_subclass_outputs()
         finally:
-            self.dataset_class = full
+            self.inference_allowed_mirroring_axes = mirroring
+
+    def validate_subclass_outputs(self) -> None:
+        """Validation passes of subclasses that run after nnU-Net's (classification), on rank 0; none here."""
 
     # ----------------------------------------------------------------- files
     def on_train_start(self):

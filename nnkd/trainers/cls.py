@@ -273,10 +273,8 @@ class nnKDTrainerCls(nnKDTrainer):
         super().restore_nnkd_checkpoint_entry(entry)
         self._best_auc = entry.get("best_auc")
 
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        super().perform_actual_validation(save_probabilities)
-        if self.local_rank != 0:
-            return
+    def validate_subclass_outputs(self) -> None:
+        """The classification pass over the validation cases: validation/classification.csv and its summary."""
         from nnkd.evaluation.report import write_classification_summary
 
         self.set_deep_supervision_enabled(False)

@@ -285,6 +285,13 @@ class nnKDTrainerLogitKD(nnKDTrainerDistill):
                      "losses": [{"name": "logit_kd", "weight": 0.7, "params": {"T": 2.0}}]}
 
 
+class nnKDTrainerRegionGraph(nnKDTrainerDistill):
+    """Ablation: REACT-KD's region-graph KD alone (same weight and stage, no logit KD)."""
+
+    plan_defaults = {"name": "region_graph", "classification": {"select_best_by": "auc"},
+                     "losses": [dict(nnKDTrainerREACT.plan_defaults["losses"][1])]}
+
+
 class nnKDTrainerFitNet(nnKDTrainerDistill):
     """Baseline: FitNet bottleneck feature regression with a 1x1 adapter."""
 

@@ -113,8 +113,8 @@ class nnKDTrainerSegKD(nnKDTrainerDistill):
                 self.print_to_log_file(f"{k}: {log(k, -1):.4f}")
         nnKDTrainer.on_epoch_end(self)
 
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        nnKDTrainer.perform_actual_validation(self, save_probabilities)
+    def validate_subclass_outputs(self) -> None:
+        """No classification pass: this student has no classification head."""
 
 
 class nnKDTrainerSegKDBaseline(nnKDTrainerSegKD):
