@@ -21,7 +21,8 @@ class ClassProbabilityCollector(nn.Module):
     """Wraps an :class:`~nnkd.nets.network.NNKDNetwork` for ``nnUNetPredictor``.
 
     ``forward(x)`` returns the segmentation logits the predictor expects and accumulates the
-    class probabilities of every sample it sees; ``mean()`` is their average since ``reset()``.
+    class probabilities of every sample it sees; ``mean()`` is their average since ``reset()``
+    (``(0,)`` for a network without classification head, ``num_classes`` 0).
     ``load_state_dict`` and ``state_dict`` act on the wrapped network, so the predictor's
     per-fold weight loading works unchanged.
     """
@@ -49,15 +50,16 @@ class ClassProbabilityCollector(nn.Module):
 
     def forward(self, x: torch.Tensor):
         out = self.network(self.network_input(x), return_all=True)
-        probs = torch.softmax(out.logits.float(), dim=1).sum(0)
-        self._sum = probs if self._sum is None else self._sum + probs
+        if out.logits is not None:  # None: a head-less (segmentation-only) network
+            probs = torch.softmax(out.logits.float(), dim=1).sum(0)
+            self._sum = probs if self._sum is None else self._sum + probs
         self._count += x.shape[0]
         return out.seg
 
     def mean(self) -> torch.Tensor:
         if not self._count:
             raise RuntimeError("no network call since reset()")
-        return (self._sum / self._count).cpu()
+        return torch.zeros(0) if self._sum is None else (self._sum / self._count).cpu()
 
     def load_state_dict(self, state_dict, *args, **kwargs):
         return self.network.load_state_dict(state_dict, *args, **kwargs)
@@ -71,7 +73,7 @@ class ClassProbabilityCollector(nn.Module):
 
 
 def predict_case(predictor, data: torch.Tensor, ensemble: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(C, *shape) preprocessed case -> (segmentation logits, class probabilities (K,)).
+    """(C, *shape) preprocessed case -> (segmentation logits, class probabilities (K,); K = 0 without head).
 
     ``predictor.network`` must be a :class:`ClassProbabilityCollector`. With ``ensemble`` the
     predictor's loaded fold parameters are averaged (``predict_logits_from_preprocessed_data``);
@@ -126,6 +128,24 @@ def predict_classes(predictor, cases: Iterable[Tuple[str, torch.Tensor]], csv_pa
     write_prediction_csv(csv_path, ids, probs, class_names, labels,
                          None if channels is None else [channels[c] for c in ids])
     return probs
+
+
+def predict_segmentations(predictor, cases: Iterable[Tuple[str, torch.Tensor]], csv_path: str,
+                          each: Callable[[str, torch.Tensor], None], channels: dict,
+                          ensemble: bool = True) -> List[str]:
+    """:func:`predict_classes` for a model without classification head (``num_classes`` 0): ``each(case,
+    segmentation logits)`` exports each case, and ``csv_path`` (``cases.csv``: ``case_id,channels``, see
+    :func:`nnkd.evaluation.predictions.write_cases_csv`) is written once, after the last case. Returns the case ids."""
+    from nnkd.evaluation.predictions import write_cases_csv
+
+    ids = []
+    with torch.no_grad():
+        for case, data in cases:
+            logits, _ = predict_case(predictor, data, ensemble)
+            each(case, logits)
+            ids.append(case)
+    write_cases_csv(csv_path, ids, [channels[c] for c in ids])
+    return ids
 
 
 def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device):

@@ -1,4 +1,9 @@
-"""`nnkd predict`: class probabilities (and segmentations) for a folder of raw images."""
+"""`nnkd predict`: class probabilities (and segmentations) for a folder of raw images.
+
+A model without classification head (``nnkd.network.num_classes`` 0, e.g. ``nnKDTrainerSegKD``) predicts the
+same way, channel subsets and refusals included; it writes the segmentations and ``cases.csv``
+(``case_id,channels``) in place of ``classification.csv``.
+"""
 from __future__ import annotations
 
 import os
@@ -68,7 +73,9 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
                    checkpoint: str = "checkpoint_final.pth", device: str = "cpu",
                    save_probabilities: bool = False, progress: bool = True, save_attention: bool = False,
                    channels: Optional[Sequence] = None, predictor=None) -> str:
-    """Predict every case of ``input_folder``; returns the path of ``classification.csv``.
+    """Predict every case of ``input_folder``; returns the path of ``classification.csv``, or of ``cases.csv``
+    (``case_id,channels``, :func:`nnkd.evaluation.predictions.write_cases_csv`) for a model without
+    classification head (``num_classes`` 0), which writes segmentations only.
 
     ``channels``: the channels to use (names or indices; the other channels' files are ignored); None: each
     case's present files. Absent channels are filled as the model's modality dropout filled them in
@@ -85,7 +92,8 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
     from tqdm import tqdm
 
     from nnkd.image_check import check_case
-    from nnkd.inference import load_model_folder, predict_classes
+    from nnkd.evaluation.predictions import CASES_CSV
+    from nnkd.inference import load_model_folder, predict_classes, predict_segmentations
 
     if os.path.exists(output_folder) and not os.path.isdir(output_folder):
         raise NNKDError(f"-o {output_folder}: an existing file, not a folder; name a folder for the predictions")
@@ -94,6 +102,8 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
     if predictor is None:
         predictor = load_model_folder(model_folder, folds, checkpoint, torch.device(device))
     class_names = predictor.plans_manager.plans["nnkd"]["class_names"]
+    # no classification head (nnKDTrainerSegKD*: num_classes 0, class_names [])
+    headless = not class_names or predictor.plans_manager.plans["nnkd"].get("network", {}).get("num_classes") == 0
     dataset_json = predictor.dataset_json
     contract = getattr(predictor, "channel_contract", None) or \
         channel_contract(model_folder, dataset_json["channel_names"], [None])  # no plan known: no dropout
@@ -149,9 +159,12 @@ def predict_folder(input_folder: str, output_folder: str, model_folder: str, fol
             for name in os.listdir(tmp):
                 shutil.move(os.path.join(tmp, name), os.path.join(output_folder, name))
 
-    csv = os.path.join(output_folder, "classification.csv")
+    csv = os.path.join(output_folder, CASES_CSV if headless else "classification.csv")
     try:
-        predict_classes(predictor, preprocessed(), csv, class_names, ensemble=True, each=export, channels=used)
+        if headless:
+            predict_segmentations(predictor, preprocessed(), csv, export, used)
+        else:
+            predict_classes(predictor, preprocessed(), csv, class_names, ensemble=True, each=export, channels=used)
     finally:
         predictor.network.fill_missing(())
     return csv
@@ -194,19 +207,24 @@ def _parse_folds(folds):
 
 
 def _predict(args) -> int:
+    from nnkd.evaluation.predictions import CASES_CSV
+
     if not args.all_subsets:
         csv = predict_folder(args.i, args.o, args.m, _parse_folds(args.f), args.chk, args.device,
                              args.save_probabilities, save_attention=args.save_attention, channels=args.channels)
-        print(f"class probabilities: {csv}\nsegmentations: {args.o}")
+        print(f"{'channels per case' if csv.endswith(CASES_CSV) else 'class probabilities'}: {csv}\n"
+              f"segmentations: {args.o}")
         return 0
     return predict_all_subsets(args)
 
 
 def predict_all_subsets(args) -> int:
     """``--all-subsets``: OUT/<subset>/ (classification.csv + segmentations) for every channel subset the
-    model accepts, e.g. OUT/CT+FDG, OUT/CT; then ``nnkd evaluate --subsets OUT/*/classification.csv``."""
+    model accepts, e.g. OUT/CT+FDG, OUT/CT; then ``nnkd evaluate --subsets OUT/*/classification.csv``.
+    A model without classification head writes cases.csv + segmentations per subset."""
     import torch
 
+    from nnkd.evaluation.predictions import CASES_CSV
     from nnkd.inference import load_model_folder
 
     if args.channels is not None:
@@ -222,6 +240,9 @@ def predict_all_subsets(args) -> int:
         csvs.append(predict_folder(args.i, os.path.join(args.o, name), args.m, device=args.device,
                                    save_probabilities=args.save_probabilities, save_attention=args.save_attention,
                                    channels=list(subset), predictor=predictor))
+    if csvs[0].endswith(CASES_CSV):  # no classification head: segmentations (and cases.csv) per subset
+        print("segmentations:\n  " + "\n  ".join(os.path.dirname(c) for c in csvs))
+        return 0
     print("class probabilities:\n  " + "\n  ".join(csvs))
     print(f"robustness per subset: nnkd evaluate --subsets {' '.join(csvs)} -o REPORT")
     return 0
@@ -235,7 +256,8 @@ def register(sub) -> None:
     p.add_argument("-i", "--input", dest="i", required=True, metavar="INPUT_FOLDER",
                    help="folder of images named CASE_XXXX<ending> (the model's channels only)")
     p.add_argument("-o", "--output", dest="o", required=True, metavar="OUTPUT_FOLDER",
-                   help="output folder (classification.csv + segmentations)")
+                   help="output folder (classification.csv + segmentations; cases.csv + segmentations for a model "
+                        "without classification head)")
     p.add_argument("-m", "--model", dest="m", required=True, metavar="MODEL_FOLDER",
                    help="model folder: nnUNet_results/DatasetX/<Trainer>__<plans>__<config>")
     p.add_argument("-f", "--folds", dest="f", nargs="+", default=None, metavar="FOLD",

@@ -70,6 +70,25 @@ def write_prediction_csv(path: str | os.PathLike, case_ids: Sequence[str], probs
     write_text(path, buf.getvalue())
 
 
+CASES_CSV = "cases.csv"
+
+
+def write_cases_csv(path: str | os.PathLike, case_ids: Sequence[str], channels: Sequence[str]) -> None:
+    """``nnkd predict``'s per-case record for a model without classification head (``num_classes`` 0):
+    ``case_id,channels`` (``CT+FDG``: the channels each case was predicted with), written atomically.
+
+    Named ``cases.csv``, not ``classification.csv``: such a model predicts no class, and every reader of
+    ``classification.csv`` (``nnkd evaluate``, ``compare``, ``ensemble``) expects class probabilities;
+    :func:`read_prediction_csv` refuses this file by name instead of reporting missing columns."""
+    if len(channels) != len(case_ids):
+        raise ValueError(f"channels has {len(channels)} entries for {len(case_ids)} cases")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["case_id", "channels"])
+    writer.writerows(zip(case_ids, channels))
+    write_text(path, buf.getvalue())
+
+
 def read_prediction_csv(path: str | os.PathLike) -> Predictions:
     """Read and validate a prediction CSV; every problem raises NNKDError naming the file and row."""
     path = os.fspath(path)
@@ -77,6 +96,9 @@ def read_prediction_csv(path: str | os.PathLike) -> Predictions:
     header = [h.strip() for h in rows[0]]
     prob_cols = [i for i, h in enumerate(header) if h.startswith(PROB_PREFIX)]
     missing = [c for c in ("case_id",) if c not in header]
+    if header == ["case_id", "channels"]:
+        raise NNKDError(f"{path}: a per-case channel record (nnkd predict with a model without classification "
+                        f"head), no class probabilities to evaluate")
     if missing or len(prob_cols) < 2:
         need = missing + ([] if len(prob_cols) >= 2 else ["at least two prob_<class> columns"])
         raise NNKDError(f"{path}: missing column(s) {', '.join(need)} in header {','.join(header)}")
