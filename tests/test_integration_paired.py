@@ -241,6 +241,17 @@ def test_segmentation_student_distilled_voxel_by_voxel(ws, teacher, tmp_path):
              "-c", "3d_fullres", "-tr", "nnKDTrainerSegKD", "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"],
             env=ws["env"])
     assert len([f for f in os.listdir(tmp_path / "seg") if f.endswith(".nii.gz")]) == 3
+    # nnkd predict on the head-less model folder: nnU-Net's segmentations, and cases.csv, not classification.csv
+    import SimpleITK as sitk
+
+    nnkd_cli("predict", "-i", images(ws, [0], "ct_only"), "-o", tmp_path / "nnkd_seg", "-m", folder, "-f", 0,
+             env=ws["env"])
+    segs = sorted(f for f in os.listdir(tmp_path / "seg") if f.endswith(".nii.gz"))
+    assert sorted(os.listdir(tmp_path / "nnkd_seg")) == sorted(["cases.csv", *segs])
+    assert [r.split(",")[1] for r in open(tmp_path / "nnkd_seg" / "cases.csv").read().splitlines()[1:]] == ["CT"] * 3
+    for f in segs:
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / d / f))) for d in ("seg", "nnkd_seg"))
+        assert np.array_equal(a, b), f
 
 
 def test_shipped_plan_by_name_and_paired_init_from_teacher(ws, teacher):
