@@ -1,14 +1,14 @@
 """`nnkd demo`: the whole path on a synthetic paired PET/CT dataset, through nnU-Net's own CLIs.
 
 Synthetic dataset -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train a multi-modal teacher
-(nnKDTrainerCls, modality dropout), a dose-aware CT teacher (nnKDTrainerDoseTeacher), a CT-only
-student without distillation (nnKDTrainerClsBaseline), a REACT-KD student (nnKDTrainerREACT) and
-the four baselines REACT-KD is compared with (logit KD, FitNet, AT, DKD), each with its plan file
-shipped with the package (nnkd/plans/) -> nnkd predict on an external synthetic test set (CT-only models see CT files only)
--> nnkd evaluate / compare -> two tables: every model's test AUC, and what each distillation method
-buys over the student without it. This is ``nnkd bench quality``'s paired3d benchmark with one seed
-and a shorter schedule (:mod:`nnkd.bench.quality`). Steps already done in the workspace are
-skipped, so a re-run resumes.
+(nnKDTrainerCls, modality dropout) and a dose-aware CT teacher (nnKDTrainerDoseTeacher) on fold 0's
+training cases, then a CT-only student without distillation (nnKDTrainerClsBaseline) and a REACT-KD
+student (nnKDTrainerREACT) on a quarter of them (by default; ``methods`` adds REACT-KD's comparisons),
+each with its plan file shipped with the package (nnkd/plans/) -> nnkd predict on an external test set
+(CT-only models see CT files only) -> nnkd evaluate / compare -> one table: every model's test AUC and
+what distillation buys over the student without it, with a paired bootstrap CI. This is ``nnkd bench
+quality``'s paired3d benchmark (same generator and design) with one seed, fewer cases and a shorter
+schedule (:mod:`nnkd.bench.quality`). Steps already done in the workspace are skipped, so a re-run resumes.
 
 Layout: ``WORKSPACE/nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` (every model folder),
 exactly where ``nnkd env --workspace WORKSPACE`` points nnU-Net; per model ``WORKSPACE/runs/paired3d/
@@ -31,21 +31,25 @@ QUICK_NOTE = ("PATH CHECK ONLY (--quick): tiny data and 1 epoch of 2 iterations 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    cases: int = 36
-    test_cases: int = 30
+    """The demo's share of the paired benchmark: its generator and design (teachers on fold 0's training
+    cases, data-limited CT students on ``student_fraction`` of them), one seed, a shorter schedule."""
+
+    cases: int = 120
+    test_cases: int = 60
     size: tuple = (16, 32, 32)
     epochs: int = 8
     iterations: int = 20
     val_iterations: int = 2
+    student_fraction: float = 0.25  # 24 of fold 0's 96 training cases; the teachers train on all 96
     seed: int = 0
     jobs: int = 2  # trainings at once: overlaps nnU-Net's single-threaded parts on 2 cores
-    methods: Optional[Tuple[str, ...]] = None  # distillation methods (keys of catalogue.PAIRED3D); None = all
+    methods: Optional[Tuple[str, ...]] = ("react",)  # distillation methods (keys of catalogue.PAIRED3D); None = all
     quick: bool = False  # a path check: its numbers mean nothing, and the summary says so
 
 
 # a smoke run: every step once, REACT-KD as the only distilled student
 QUICK = DemoSettings(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
-                     methods=("react",), quick=True)
+                     student_fraction=1.0, quick=True)
 
 
 def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
@@ -54,11 +58,14 @@ def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
 
     t0 = time.time()
     schedule = Schedule(cases=settings.cases, test_cases=settings.test_cases, size=tuple(settings.size),
-                        epochs=settings.epochs, iterations=settings.iterations, val_iterations=settings.val_iterations)
+                        epochs=settings.epochs, iterations=settings.iterations, val_iterations=settings.val_iterations,
+                        student_fraction=settings.student_fraction, ceiling_fraction=settings.student_fraction)
     run = QualityRun(os.path.join(workspace, "reports"), [settings.seed], quick=settings.quick, workspace=workspace,
                      schedules={PAIRED3D.key: schedule}, jobs=settings.jobs, shared_results=True)
+    share = (f"; the CT students on {100 * settings.student_fraction:.0f} % of the teachers' training cases"
+             if settings.student_fraction < 1 else "")
     print(f"nnkd demo in {run.ws.root}: teachers, a CT student without and with distillation, on "
-          f"{settings.cases} synthetic PET/CT cases ({'x'.join(map(str, settings.size))}); test set of "
+          f"{settings.cases} synthetic PET/CT cases ({'x'.join(map(str, settings.size))}){share}; test set of "
           f"{settings.test_cases} external cases; {settings.epochs} epoch(s) x {settings.iterations} "
           "iterations per model")
     if settings.quick:
@@ -109,10 +116,11 @@ def where_lines(root: str, bench: Dict, seed: str) -> List[str]:
 
 
 def summary_table(bench: Dict, seed: str) -> str:
-    """Every model of the demo: test macro AUC with its bootstrap CI, accuracy, balanced accuracy, training time."""
-    from nnkd.bench.catalogue import PAIRED3D
+    """Every model of the demo: test macro AUC with its bootstrap CI, accuracy, balanced accuracy, training
+    time and, for the distilled students, the paired difference to the no-KD student with its 95 % CI."""
+    from nnkd.bench.catalogue import KD, PAIRED3D
 
-    rows = [("model", "AUC [95% CI]", "accuracy", "bal. acc.", "train min")]
+    rows = [("model", "AUC [95% CI]", "vs no KD: ΔAUC [95% CI]", "accuracy", "bal. acc.", "train min")]
     for m in PAIRED3D.methods:
         rec = bench["runs"].get(m.key, {}).get(seed)
         if rec is None:
@@ -121,7 +129,10 @@ def summary_table(bench: Dict, seed: str) -> str:
             metrics = json.load(f)
         auc, ci = metrics["auc"]["value"], metrics["auc"]["ci95"]
         train = rec.get("train_seconds")
-        rows.append((m.label, f"{auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auc is not None else "n/a",
+        comp = bench.get("comparisons", {}).get(m.key, {}).get(seed) if m.role == KD else None
+        delta = (f"{comp['difference']:+.3f} [{comp['ci95'][0]:+.3f}, {comp['ci95'][1]:+.3f}]" if comp else "")
+        label = m.label + ("" if rec.get("used_as_teacher", True) else " (left out: not above chance)")
+        rows.append((label, f"{auc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if auc is not None else "n/a", delta,
                      f"{metrics['accuracy']:.3f}", f"{metrics['balanced_accuracy']:.3f}",
                      f"{train / 60:.1f}" if train is not None else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
