@@ -148,9 +148,10 @@ def predict_segmentations(predictor, cases: Iterable[Tuple[str, torch.Tensor]], 
     return ids
 
 
-def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device):
+def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device, mirroring: bool = True):
     """A :func:`class_predictor` for an nnkd model folder, every fold's weights read with
     :func:`nnkd.checkpoints.load_checkpoint` (nnU-Net's own loader unpickles with ``weights_only=False``).
+    ``mirroring`` False: no test-time mirroring (nnU-Net's ``--disable_tta``), one forward per window.
 
     ``folds``: fold names (int or "all"), or ``None`` for every ``fold_*`` holding ``checkpoint``.
     Raises :class:`NNKDError` listing every problem of the folder.
@@ -217,6 +218,7 @@ def load_model_folder(folder: str, folds, checkpoint: str, device: torch.device)
     predictor = class_predictor(network, pm, cm, dataset_json, first["trainer_name"],
                                 first.get("inference_allowed_mirroring_axes"), device,
                                 [ck["network_weights"] for _, ck in checkpoints])
+    predictor.use_mirroring = mirroring
     predictor.channel_contract = channel_contract(
         folder, dataset_json["channel_names"],
         [ck["nnkd"].get("plan") if isinstance(ck.get("nnkd"), dict) else None for _, ck in checkpoints])

@@ -259,22 +259,24 @@ def channel_images(raw_folder: str, channels: Optional[List[int]], dst: str) -> 
 
 def predict_classes(ws: Workspace, images: str, out: str, model: str, redo: bool = False,
                     log: Optional[str] = None, label: Optional[str] = None) -> str:
-    """``nnkd predict`` (class probabilities + segmentations); returns ``out/classification.csv``."""
+    """``nnkd predict`` without test-time mirroring, the same for every model of a benchmark (class
+    probabilities + segmentations); returns ``out/classification.csv``."""
     csv = os.path.join(out, "classification.csv")
     if redo or not os.path.isfile(csv):
-        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", ws.device),
+        ws.run(nnkd_cmd("predict", "-i", images, "-o", out, "-m", model, "-f", "0", "-device", ws.device,
+                        "--disable_tta"),
                log=log, label=label)
     return csv
 
 
 def predict_detections(ws: Workspace, images: str, out: str, model: str, redo: bool = False,
                        log: Optional[str] = None, label: Optional[str] = None) -> str:
-    """``nnUNetv2_predict --save_probabilities`` then ``nnkd detect``; returns ``out/detections.csv``."""
+    """``nnUNetv2_predict --save_probabilities --disable_tta`` then ``nnkd detect``; returns ``out/detections.csv``."""
     csv = os.path.join(out, "detections.csv")
     if redo or not os.path.isfile(csv):
         maps = os.path.join(out, "probabilities")
         ws.run([tool("nnUNetv2_predict_from_modelfolder"), "-i", images, "-o", maps, "-m", model, "-f", "0",
-                "-device", ws.device, "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar"],
+                "-device", ws.device, "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_progress_bar", "--disable_tta"],
                log=log, label=label)
         ws.run(nnkd_cmd("detect", "-i", maps, "-o", csv), log=log and log + ".detect", label=label)
     return csv

@@ -181,3 +181,18 @@ def test_all_subsets_writes_one_folder_per_allowed_subset(tmp_path, capsys):
         _, rows = _rows(tmp_path / "out" / subset / "classification.csv")
         assert {r[-1] for r in rows.values()} == {subset}
     assert "nnkd evaluate --subsets" in capsys.readouterr().out
+
+
+def test_disable_tta_runs_one_forward_per_window(tmp_path, monkeypatch, capsys):
+    """--disable_tta: no mirrors (1 forward per window instead of 8 in 3D), probabilities still valid."""
+    model = _model(tmp_path, DROPOUT)
+    inputs = _images(tmp_path, {"p1": [0, 1]})
+    seen = _spy_inputs(monkeypatch)
+    assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / "tta"), "-m", str(model), "-f", "0"]) == 0
+    with_tta = len(seen)
+    seen.clear()
+    assert main(["predict", "-i", str(inputs), "-o", str(tmp_path / "no_tta"), "-m", str(model), "-f", "0",
+                 "--disable_tta"]) == 0
+    assert with_tta == 8 * len(seen) and len(seen) >= 1  # mirroring axes (0, 1, 2): 2^3 forwards per window
+    _, rows = _rows(tmp_path / "no_tta" / "classification.csv")
+    assert float(rows["p1"][1]) + float(rows["p1"][2]) == pytest.approx(1, abs=1e-6)
