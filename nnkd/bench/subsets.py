@@ -50,6 +50,7 @@ def pooled_auc(preds: Sequence, labels: Dict[str, str], class_names: Sequence[st
 
     from nnkd.evaluation.bootstrap import percentile_ci, seeds_and_cases
     from nnkd.evaluation.classification import ovr_auc
+    from nnkd.evaluation.jsonable import jsonable
     from nnkd.evaluation.predictions import align
 
     arrays, ids, y = [], None, None
@@ -67,8 +68,8 @@ def pooled_auc(preds: Sequence, labels: Dict[str, str], class_names: Sequence[st
         samples = seeds_and_cases(y, [lambda idx, pa=pa: np.nanmean(ovr_auc(pa, y, idx), axis=1) for pa in arrays],
                                   n_bootstrap, seed)
         ci = percentile_ci(samples)
-    return {"auc": float(np.mean(per_seed)), "ci95": [float(ci[0]), float(ci[1])], "per_seed": per_seed,
-            "n_seeds": len(arrays), "n_cases": len(y)}
+    return jsonable({"auc": float(np.mean(per_seed)), "ci95": [float(ci[0]), float(ci[1])], "per_seed": per_seed,
+                     "n_seeds": len(arrays), "n_cases": len(y)})
 
 
 def case_dice(seg_folder: str, masks: str, case_ids: Sequence[str]) -> Dict[str, np.ndarray]:
@@ -157,8 +158,9 @@ def levels_view(table: Dict[str, Any]) -> Dict[str, Any]:
 def _ci_cell(value: Optional[float], ci: Sequence[Optional[float]], signed: bool = False) -> str:
     if value is None:
         return "n/a"
-    mark = "*" if signed and ci[0] is not None and (ci[0] > 0 or ci[1] < 0) else ""
-    return f"{value:{'+' if signed else ''}.3f} [{ci[0]:.3f}, {ci[1]:.3f}]{mark}"
+    lo, hi = ("n/a" if v is None else f"{v:.3f}" for v in ci)
+    mark = "*" if signed and None not in ci and (ci[0] > 0 or ci[1] < 0) else ""
+    return f"{value:{'+' if signed else ''}.3f} [{lo}, {hi}]{mark}"
 
 
 def subsets_markdown(part: Dict[str, Any]) -> str:
@@ -177,7 +179,7 @@ def subsets_markdown(part: Dict[str, Any]) -> str:
     lines += ["", "| channels | dropout teacher minus | seeds pooled: Δ AUC [95% CI] | per seed |", "|---|---|---|---|"]
     for d in part["losses"]:
         lines.append(f"| {d['subset']} | {d['label']} | {_ci_cell(d['difference'], d['ci95'], True)} | "
-                     + ", ".join(f"{v:+.3f}" for v in d["per_seed"]) + " |")
+                     + ", ".join("n/a" if v is None else f"{v:+.3f}" for v in d["per_seed"]) + " |")
     return "\n".join(lines)
 
 
@@ -221,8 +223,9 @@ def markdown_sections(b: Dict[str, Any]) -> str:
         out += ["### Robustness per channel subset (`--subsets`)", "",
                 "Macro AUC on the test set, mean over seeds [95 % CI resampling the test cases and the seeds] (n seeds). "
                 "The teacher with modality dropout predicts with each subset it accepts (`nnkd predict "
-                "--all-subsets`); the teacher without dropout is refused every subset; the CT students are the "
-                "dedicated CT-only models. Second table: the dropout teacher minus the dedicated model of that "
+                "--all-subsets`; Dice: its mean foreground Dice over seeds, `nnkd evaluate --subsets --masks`); the "
+                "teacher without dropout is refused every subset; the CT students are the dedicated CT-only models. "
+                "Second table: the dropout teacher minus the dedicated model of that "
                 "subset, paired on the same cases (`*`: the CI excludes 0).", "", subsets_markdown(b["subsets"]), ""]
     if b.get("seg_kd"):
         out += ["### Segmentation students distilled voxel by voxel (`--seg-kd`)", "",
@@ -342,6 +345,7 @@ def run_subsets(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
 def run_seg_kd(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
     """``--seg-kd`` on a finished benchmark result ``b`` of :class:`nnkd.bench.quality.QualityRun` ``q``."""
     from nnkd.bench.quality import method_plan
+    from nnkd.evaluation.jsonable import jsonable
     from nnkd.evaluation.predictions import CASES_CSV
     from nnkd.io import write_json
     from nnkd.pipeline import is_trained, model_folder, nnkd_cmd, train
@@ -382,18 +386,20 @@ def run_seg_kd(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
                                                    for x in seeds], q.n_bootstrap) for st in STRUCTURES}
     labels = {"teacher": bench.method("teacher").label + " (own channels)", SEG_NOKD.key: SEG_NOKD.label,
               SEG_KD.key: SEG_KD.label}
-    table = seg_table(means, labels, differences)
+    table = jsonable(seg_table(means, labels, differences))
     path = os.path.join(q.out, "seg_kd.json")
-    write_json(path, {"table": table, "case_ids": case_ids,
+    write_json(path, jsonable({"table": table, "case_ids": case_ids,
                       "per_case": {k: {x: {st: [None if not np.isfinite(c) else float(c) for c in arr]
                                            for st, arr in d.items()} for x, d in v.items()}
-                                   for k, v in per_case.items()}})
+                                   for k, v in per_case.items()}}))
     q.log(f"[{bench.key}] segmentation students:\n" + seg_markdown(table))
     return {"table": table, "file": path}
 
 
 def run_parts(q, bench: Benchmark, b: Dict[str, Any], parts: Sequence[str]) -> Dict[str, Any]:
     """The requested ``parts`` (of :data:`PARTS`) on a finished paired benchmark result; {part: result}."""
+    from nnkd.evaluation.jsonable import jsonable
+
     if bench.key != "paired3d":
         raise NNKDError(f"--subsets / --seg-kd run on the paired3d benchmark only, not {bench.key}")
     if b.get("skipped"):
@@ -403,4 +409,4 @@ def run_parts(q, bench: Benchmark, b: Dict[str, Any], parts: Sequence[str]) -> D
         out["subsets"] = run_subsets(q, bench, b)
     if "seg_kd" in parts:
         out["seg_kd"] = run_seg_kd(q, bench, b)
-    return json.loads(json.dumps(out))  # plain JSON types only (quality.json)
+    return jsonable(out)  # plain JSON types, NaN as None (quality.json)
