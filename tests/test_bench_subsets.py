@@ -157,7 +157,12 @@ def test_nodrop_plan_is_refused_every_subset():
     c = channel_contract("M", names, [plan])
     assert c.allowed_subsets() == [(0, 1, 2)]
     assert any("trained without modality_dropout" in p for p in c.problems([0]))
+    cell = S.refusal_cell(c, "CT+FDG")
+    assert cell["reason"] == "it was trained without modality_dropout"
+    assert len(cell["refused"]) == 1 and "'ACE'" in cell["refused"][0] and "model M" in cell["refused"][0]
     with_dropout = channel_contract("M", names, [load_plan_file("cls_teacher")])
+    assert S.refusal_cell(with_dropout, "CT+FDG") == {"refused": [], "reason": "accepted"}
+    assert S.refusal_cell(with_dropout, "FDG")["reason"] == "it is in modality_dropout.keep"
     assert [with_dropout.name(s) for s in with_dropout.allowed_subsets()] == ["CT+FDG+ACE", "CT+FDG", "CT+ACE", "CT"]
     for m in (S.TEACHER_NODROP, S.SEG_NOKD, S.SEG_KD):
         assert os.path.isfile(os.path.join(PLANS_DIR, m.plan + ".json"))

@@ -172,7 +172,8 @@ def subsets_markdown(part: Dict[str, Any]) -> str:
         for s in table["subsets"]:
             c = row["cells"][s]
             cells.append("— (not built for it)" if c is None else
-                         f"refused by nnkd predict ({c['reason']})" if "refused" in c else
+                         f"refused by nnkd predict ({c['reason']})" if c.get("refused") else
+                         "accepted, not predicted" if "refused" in c else
                          _ci_cell(c["auc"], c["ci95"]) + f" ({c['n_seeds']})"
                          + (f"; Dice {c['dice']:.3f}" if c.get("dice") is not None else ""))
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
@@ -248,6 +249,15 @@ def model_contract(folder: str):
     return channel_contract(folder, load_json(os.path.join(folder, "dataset.json"))["channel_names"], [plan])
 
 
+def refusal_cell(contract, subset: str) -> Dict[str, Any]:
+    """{"refused": nnkd predict's refusal lines, "reason": why, in short} of a model's ChannelContract for the
+    channel subset named ``subset`` (``CT+FDG``); empty ``refused`` when the model accepts it."""
+    present = [contract.channel_names.index(c) for c in subset.split("+")]
+    missing = [c for c in range(len(contract.channel_names)) if c not in present and c not in contract.droppable]
+    return {"refused": contract.problems(present),
+            "reason": "; ".join(sorted({contract.reasons[c] for c in missing})) or "accepted"}
+
+
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
     vals = [v for v in values if v is not None]
     return float(np.mean(vals)) if vals and len(vals) == len(values) else None
@@ -308,10 +318,7 @@ def run_subsets(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
     contract = model_contract(nodrop[0]["model_folder"])
     cells = {full: pooled_auc(nodrop_preds, labels, class_names, q.n_bootstrap)}
     for sub in subsets[1:]:
-        present = [contract.channel_names.index(c) for c in sub.split("+")]
-        problems = contract.problems(present)
-        reasons = sorted({p.split(": ", 1)[1] for p in problems}) if problems else ["accepted"]
-        cells[sub] = {"refused": problems, "reason": "; ".join(reasons)}
+        cells[sub] = refusal_cell(contract, sub)
     models["teacher_nodrop"] = {"label": TEACHER_NODROP.label, "cells": cells}
     ct = "+".join(contract.channel_names[c] for c in CT)
     dedicated = [k for k in DEDICATED_CT if k in b["runs"] and len(b["runs"][k]) == len(seeds)]
@@ -334,7 +341,7 @@ def run_subsets(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
     except ValueError as e:  # a percentile CI that excludes its point: the plot refuses it, json and csv are written
         q.log(f"[{bench.key}] subsets.png not drawn: {e}")
         paths = [os.path.join(report_dir, "subsets" + e) for e in (".json", ".csv")]
-    part = {"table": table, "losses": losses, "files": paths,
+    part = {"table": table, "losses": losses, "files": paths, "teacher_nodrop_runs": dict(zip(map(str, seeds), nodrop)),
             "per_seed_reports": {str(x): q.ws.path("runs", bench.key, f"seed{x}", "teacher", "subsets_report")
                                  for x in seeds}}
     write_text(os.path.join(report_dir, "subsets.md"), subsets_markdown(part) + "\n")
