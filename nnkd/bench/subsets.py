@@ -307,7 +307,9 @@ def run_subsets(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
                 seed_dice.setdefault(row["level"], []).append(row.get("dice"))
         for subset, pred in read_subsets(csvs).items():
             per_seed.setdefault(subset, {})[str(seed)] = pred
-    subsets = list(per_seed)  # most channels first
+    teacher_contract = model_contract(b["runs"]["teacher"][str(seeds[0])]["model_folder"])
+    order = [teacher_contract.name(x) for x in teacher_contract.allowed_subsets()]  # nnkd predict's order
+    subsets = sorted(per_seed, key=lambda x: order.index(x) if x in order else len(order))
     full = subsets[0]
     models: Dict[str, Dict[str, Any]] = {
         "teacher": {"label": bench.method("teacher").label + " (modality dropout)",
