@@ -248,6 +248,9 @@ def markdown_report(report: Dict[str, Any]) -> str:
         lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"], b.get("pooled")), ""]
         if b.get("notes"):
             lines += [f"- {n}" for n in b["notes"]] + [""]
+        if b.get("subsets") or b.get("seg_kd"):  # --subsets / --seg-kd (nnkd.bench.subsets)
+            from nnkd.bench.subsets import markdown_sections
+            lines += [markdown_sections(b)]
     return "\n".join(lines)
 
 
@@ -376,6 +379,8 @@ def cap_network(plans_path: str, config: str, max_features: Optional[int] = None
 
 class QualityRun:
     """One ``nnkd bench quality`` invocation: data, trainings, predictions and the report."""
+
+    parts: Tuple[str, ...] = ()  # optional parts on paired3d (--subsets, --seg-kd): nnkd.bench.subsets.PARTS
 
     def __init__(self, out: str, seeds: Sequence[int], quick: bool = False, overrides: Optional[Dict[str, Any]] = None,
                  n_bootstrap: int = 1000, verbose: bool = True, workspace: Optional[str] = None,
@@ -621,6 +626,9 @@ class QualityRun:
         report: Dict[str, Any] = {"seeds": self.seeds, "quick": self.quick, "benchmarks": {}}
         for key in benchmarks:
             report["benchmarks"][key] = self.run_benchmark(BENCHMARKS[key], methods)
+            if self.parts and key == "paired3d":  # --subsets / --seg-kd
+                from nnkd.bench.subsets import run_parts
+                report["benchmarks"][key].update(run_parts(self, BENCHMARKS[key], report["benchmarks"][key], self.parts))
         report["minutes"] = round((time.time() - t0) / 60, 1)
         os.makedirs(self.out, exist_ok=True)
         write_json(os.path.join(self.out, "quality.json"), report)
@@ -657,6 +665,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the detection comparison")
     parser.add_argument("-device", "--device", default="cpu", choices=("cpu", "cuda"),
                         help="device of every training and prediction (default cpu)")
+    parser.add_argument("--subsets", action="store_true",
+                        help="paired3d: also the teacher without modality dropout, and AUC per channel subset of both "
+                             "teachers against the CT students (OUT/subsets/, a section of quality.md)")
+    parser.add_argument("--seg-kd", action="store_true",
+                        help="paired3d: also the CT-only segmentation students with and without voxel-wise KD "
+                             "(nnKDTrainerSegKD / nnKDTrainerSegKDBaseline), Dice vs the teacher (OUT/seg_kd.json)")
 
 
 def run(args) -> int:
@@ -676,6 +690,10 @@ def run(args) -> int:
     out = args.output or ("nnkd_quality_quick" if args.quick else "nnkd_quality")
     overrides = {"epochs": args.epochs, "iterations": args.iterations, "cases": args.cases,
                  "test_cases": args.test_cases}
-    QualityRun(out, seeds, args.quick, overrides, args.n_bootstrap, jobs=args.jobs,
-               device=args.device).run(args.benchmarks, args.methods)
+    parts = tuple(p for p in ("subsets", "seg_kd") if getattr(args, p, False))  # nnkd.bench.subsets
+    if parts and "paired3d" not in args.benchmarks:
+        raise NNKDError("--subsets / --seg-kd add to the paired3d benchmark: include it in --benchmarks")
+    q = QualityRun(out, seeds, args.quick, overrides, args.n_bootstrap, jobs=args.jobs, device=args.device)
+    q.parts = parts
+    q.run(args.benchmarks, args.methods)
     return 0
