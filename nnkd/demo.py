@@ -37,10 +37,11 @@ class DemoSettings:
     cases: int = 120
     test_cases: int = 60
     size: tuple = (16, 32, 32)
-    epochs: int = 8
+    epochs: int = 15
     iterations: int = 20
     val_iterations: int = 2
     student_fraction: float = 0.25  # 24 of fold 0's 96 training cases; the teachers train on all 96
+    max_features: Optional[int] = 16  # features per stage (the benchmark caps at 32): 2.7x less compute per step
     seed: int = 0
     jobs: int = 2  # trainings at once: overlaps nnU-Net's single-threaded parts on 2 cores
     methods: Optional[Tuple[str, ...]] = ("react",)  # distillation methods (keys of catalogue.PAIRED3D); None = all
@@ -49,7 +50,7 @@ class DemoSettings:
 
 # a smoke run: every step once, REACT-KD as the only distilled student
 QUICK = DemoSettings(cases=9, test_cases=6, size=(16, 32, 32), epochs=1, iterations=2, val_iterations=1,
-                     student_fraction=1.0, quick=True)
+                     student_fraction=1.0, max_features=None, quick=True)
 
 
 def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
@@ -61,7 +62,8 @@ def run_demo(workspace: str, settings: DemoSettings = DemoSettings()) -> Dict:
                         epochs=settings.epochs, iterations=settings.iterations, val_iterations=settings.val_iterations,
                         student_fraction=settings.student_fraction, ceiling_fraction=settings.student_fraction)
     run = QualityRun(os.path.join(workspace, "reports"), [settings.seed], quick=settings.quick, workspace=workspace,
-                     schedules={PAIRED3D.key: schedule}, jobs=settings.jobs, shared_results=True)
+                     schedules={PAIRED3D.key: schedule}, jobs=settings.jobs, shared_results=True,
+                     max_features=settings.max_features)
     share = (f"; the CT students on {100 * settings.student_fraction:.0f} % of the teachers' training cases"
              if settings.student_fraction < 1 else "")
     print(f"nnkd demo in {run.ws.root}: teachers, a CT student without and with distillation, on "

@@ -201,6 +201,9 @@ def test_settings_of_a_workspace_cannot_change(tmp_path):
     assert longer.schedule(C.PAIRED3D).epochs == 5
     with pytest.raises(NNKDError, match="holds the paired3d benchmark with other settings"):
         longer._check_settings(C.PAIRED3D, longer.schedule(C.PAIRED3D))
+    narrower = Q.QualityRun(str(tmp_path), [0], quick=True, verbose=False, max_features=16)  # the demo's network
+    with pytest.raises(NNKDError, match="'max_features': 16"):
+        narrower._check_settings(C.PAIRED3D, narrower.schedule(C.PAIRED3D))
 
 
 def test_shared_results_folder_needs_one_model_per_trainer(tmp_path):

@@ -240,8 +240,10 @@ def markdown_report(report: Dict[str, Any]) -> str:
             lines += [f"Not run: {b['skipped']}", ""]
             continue
         s = b["schedule"]
-        share = (f" (students: {100 * s['student_fraction']:.0f} % of fold 0's training cases, ceiling: "
-                 f"{100 * s['ceiling_fraction']:.0f} %)") if 'student_fraction' in s else ""
+        ceiling = (f", ceiling: {100 * s['ceiling_fraction']:.0f} %"
+                   if s.get("ceiling_fraction", 0) > s.get("student_fraction", 1) else ", no ceiling")
+        share = (f" (students: {100 * s['student_fraction']:.0f} % of fold 0's training cases{ceiling})"
+                 if 'student_fraction' in s else "")
         lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}"
                   f"{share}, {s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
                   f"{s['epochs']} epochs x {s['iterations']} iterations, nnU-Net configuration {bench.config}.", ""]
@@ -385,9 +387,10 @@ class QualityRun:
     def __init__(self, out: str, seeds: Sequence[int], quick: bool = False, overrides: Optional[Dict[str, Any]] = None,
                  n_bootstrap: int = 1000, verbose: bool = True, workspace: Optional[str] = None,
                  schedules: Optional[Dict[str, Schedule]] = None, jobs: int = 1, shared_results: bool = False,
-                 device: str = "cpu"):
+                 device: str = "cpu", max_features: Optional[int] = None):
         """``shared_results``: model folders go to the workspace's ``nnUNet_results`` (where ``nnkd env --workspace``
-        points) instead of one ``nnUNet_results`` per run; needs one seed and one trainer per model (the demo)."""
+        points) instead of one ``nnUNet_results`` per run; needs one seed and one trainer per model (the demo).
+        ``max_features``: a smaller cap on the features per stage than each benchmark's own (the demo)."""
         from nnkd.pipeline import Workspace
 
         self.out = os.path.abspath(out)
@@ -398,6 +401,7 @@ class QualityRun:
         self.n_bootstrap = n_bootstrap
         self.jobs = max(1, int(jobs))
         self.shared_results = shared_results
+        self.max_features = max_features
         if shared_results and len(self.seeds) != 1:
             raise NNKDError(f"one nnUNet_results folder for every model needs one seed, got {self.seeds}")
         self.ws = Workspace(workspace or os.path.join(self.out, "workspace"), verbose=verbose, tag_lines=self.jobs > 1,
@@ -414,6 +418,8 @@ class QualityRun:
 
         path = self.ws.path("settings", f"{bench.key}.json")
         current = json.loads(json.dumps(asdict(schedule)))
+        if self.max_features:  # the network cap is written into the preprocessed plans: one per workspace too
+            current["max_features"] = self.max_features
         if os.path.isfile(path):
             with open(path) as f:
                 before = json.load(f)
@@ -451,7 +457,8 @@ class QualityRun:
         plan_and_preprocess(ws, train_ids, bench.config)
         for d in train_ids:
             cap_network(os.path.join(ws.dataset_folder("nnUNet_preprocessed", d), "nnUNetPlans.json"),
-                        bench.config, bench.max_features, bench.max_batch_size)
+                        bench.config, min(filter(None, (bench.max_features, self.max_features)), default=None),
+                        bench.max_batch_size)
         return {"student": did, "teacher": did + 1 if bench.unpaired else did,
                 "test_student": test_id, "test_teacher": test_id + 1 if bench.unpaired else test_id}
 
