@@ -134,6 +134,10 @@ def test_method_plan_fills_in_seed_schedule_and_teachers():
     fraction = {k: Q.method_plan(C.PAIRED3D, by_key[k], 0, limited, folders, 930).get("student", {}).get("train_fraction")
                 for k in ("teacher", "dose_teacher", "nokd", "react", "ceiling")}
     assert fraction == {"teacher": None, "dose_teacher": None, "nokd": 0.1, "react": 0.1, "ceiling": 1.0}
+    short_teachers = replace(s, teacher_epochs=4)  # the demo's teachers train shorter than its students
+    epochs = {k: Q.method_plan(C.PAIRED3D, by_key[k], 0, short_teachers, folders, 930)["schedule"]["num_epochs"]
+              for k in ("teacher", "dose_teacher", "nokd", "react")}
+    assert epochs == {"teacher": 4, "dose_teacher": 4, "nokd": 10, "react": 10}
     student = Q.method_plan(C.PAIRED3D, by_key["nokd"], 0, limited, folders, 930)["student"]
     assert student["channels"] == ["CT"]  # the plan file's other student settings stay
     validate_plan(Q.method_plan(C.PAIRED3D, by_key["ceiling"], 0, limited, folders, 930), "test")

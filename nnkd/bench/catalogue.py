@@ -43,6 +43,7 @@ class Schedule:
     val_iterations: int
     student_fraction: float = 1.0  # share of the student's training cases the no-KD and KD students use
     ceiling_fraction: float = 1.0  # share the achievable ceiling (the no-KD student's trainer and plan) uses
+    teacher_epochs: Optional[int] = None  # epochs of the teachers (None: ``epochs``, as every other model)
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,9 @@ def markdown_report(report: Dict[str, Any]) -> str:
                  if 'student_fraction' in s else "")
         lines += [f"Metric: {bench.metric}. Data: {s['cases']} training cases{' per modality' if bench.unpaired else ''}"
                   f"{share}, {s['test_cases']} test cases, size {'x'.join(map(str, s['size']))}; "
-                  f"{s['epochs']} epochs x {s['iterations']} iterations, nnU-Net configuration {bench.config}.", ""]
+                  f"{s['epochs']} epochs x {s['iterations']} iterations"
+                  f"{' (teachers: ' + str(s['teacher_epochs']) + ' epochs)' if s.get('teacher_epochs') else ''}, "
+                  f"nnU-Net configuration {bench.config}.", ""]
         lines += [markdown_table(bench, b["stats"], b["comparisons"], report["seeds"], b.get("pooled")), ""]
         if b.get("notes"):
             lines += [f"- {n}" for n in b["notes"]] + [""]
@@ -314,7 +316,9 @@ def method_plan(bench: Benchmark, m: Method, seed: int, schedule: Schedule, teac
     plan = merge_over(lookup("trainers", m.trainer).plan_defaults, load_plan_file(m.plan))
     plan["name"] = f"{bench.key}_{m.key}_seed{seed}"
     plan["seed"] = seed
-    plan["schedule"] = {"num_epochs": schedule.epochs, "num_iterations_per_epoch": schedule.iterations,
+    teacher = m.role in (TEACHER, AUX_TEACHER) and schedule.teacher_epochs
+    plan["schedule"] = {"num_epochs": schedule.teacher_epochs if teacher else schedule.epochs,
+                        "num_iterations_per_epoch": schedule.iterations,
                         "num_val_iterations_per_epoch": schedule.val_iterations}
     plan["validation"] = {"segmentation": False, "mirroring": False}
     fraction = {NOKD: schedule.student_fraction, KD: schedule.student_fraction,

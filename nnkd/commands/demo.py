@@ -8,7 +8,8 @@ def _demo(args) -> int:
     from nnkd.demo import QUICK, DemoSettings, run_demo
 
     s = QUICK if args.quick else DemoSettings()
-    overrides = {k: getattr(args, k) for k in ("epochs", "iterations", "cases") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("epochs", "teacher_epochs", "iterations", "cases")
+                 if getattr(args, k) is not None}
     run_demo(args.workspace, replace(s, **overrides))
     return 0
 
@@ -24,7 +25,8 @@ def register(sub) -> None:
     p.add_argument("--workspace", default="nnkd_workspace", help="folder for data, models, reports (%(default)s)")
     p.add_argument("--quick", action="store_true",
                    help="a path check: every step once on tiny data; its numbers carry no meaning")
-    p.add_argument("--epochs", type=int, help="training epochs per model")
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs of each CT student (default 15)")
+    p.add_argument("--teacher-epochs", type=int, metavar="N", help="training epochs of each teacher (default 8)")
     p.add_argument("--iterations", type=int, help="training iterations per epoch")
     p.add_argument("--cases", type=int, help="training cases")
     p.set_defaults(func=_demo)
