@@ -252,14 +252,20 @@ def _boxes_csv(path, rows):
     return str(path)
 
 
-def test_paired_froc_difference(tmp_path):
+def _two_detectors(tmp_path):
+    """Ground truth of 6 lesion cases and 2 normal ones; detector A finds every lesion, B 2 of 6 (same FPs)."""
     gt = tmp_path / "gt.csv"
     gt.write_text("case_id,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
                   + "".join(f"c{i},10,10,8,8,12,12\n" for i in range(6)) + "n0\nn1\n")
     hits = [(f"c{i}", 0.9, 10, 10, 9, 9, 11, 11) for i in range(6)]
     fps = [(c, 0.95, 40, 40, 39, 39, 41, 41) for c in ("n0", "n1")]
-    a = _boxes_csv(tmp_path / "a.csv", hits + fps)  # finds every lesion
-    b = _boxes_csv(tmp_path / "b.csv", hits[:2] + [(f"c{i}",) for i in range(2, 6)] + fps)  # 2 of 6
+    a = _boxes_csv(tmp_path / "a.csv", hits + fps)
+    b = _boxes_csv(tmp_path / "b.csv", hits[:2] + [(f"c{i}",) for i in range(2, 6)] + fps)
+    return gt, a, b
+
+
+def test_paired_froc_difference(tmp_path):
+    gt, a, b = _two_detectors(tmp_path)
     d = Q.paired_froc_difference(a, b, str(gt), n_bootstrap=200)
     assert d["difference"] == pytest.approx(1 - 2 / 6) and d["ci95"][0] > 0 and d["p_not_better"] < 0.05
     same = Q.paired_froc_difference(a, a, str(gt), n_bootstrap=50)
@@ -280,13 +286,7 @@ def test_cli_arguments(tmp_path, capsys):
 
 def test_pooled_froc_difference_over_seeds(tmp_path):
     """Detection: the mean over seeds of the per-seed FROC differences; identical models give 0 [0, 0]."""
-    gt = tmp_path / "gt.csv"
-    gt.write_text("case_id,center_0,center_1,box_lo_0,box_lo_1,box_hi_0,box_hi_1\n"
-                  + "".join(f"c{i},10,10,8,8,12,12\n" for i in range(6)) + "n0\nn1\n")
-    hits = [(f"c{i}", 0.9, 10, 10, 9, 9, 11, 11) for i in range(6)]
-    fps = [(c, 0.95, 40, 40, 39, 39, 41, 41) for c in ("n0", "n1")]
-    a = _boxes_csv(tmp_path / "a.csv", hits + fps)
-    b = _boxes_csv(tmp_path / "b.csv", hits[:2] + [(f"c{i}",) for i in range(2, 6)] + fps)
+    gt, a, b = _two_detectors(tmp_path)
     pooled = Q.pooled_difference("detection", [(a, b), (a, a)], str(gt), n_bootstrap=300)
     assert pooled["per_seed"] == pytest.approx([1 - 2 / 6, 0.0])
     assert pooled["difference"] == pytest.approx((1 - 2 / 6) / 2)
