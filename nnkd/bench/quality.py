@@ -421,7 +421,8 @@ class QualityRun:
         from nnkd.io import write_json
 
         path = self.ws.path("settings", f"{bench.key}.json")
-        current = json.loads(json.dumps(asdict(schedule)))
+        # unset optional fields (teacher_epochs None) are left out, so workspaces from before they existed resume
+        current = {k: v for k, v in json.loads(json.dumps(asdict(schedule))).items() if v is not None}
         if self.max_features:  # the network cap is written into the preprocessed plans: one per workspace too
             current["max_features"] = self.max_features
         if os.path.isfile(path):
