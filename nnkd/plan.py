@@ -502,7 +502,8 @@ def resume_changes(old: Dict[str, Any], new: Dict[str, Any], old_source: str, ne
         raise NNKDError(
             f"--c (or --val) continues the run trained with {old_source}, but {new_source} differs in field(s) "
             f"that cannot change when continuing: {', '.join(refused)}. Only the schedule (schedule.initial_lr, "
-            f"schedule.num_epochs, ...), loss weights (classification.weight, classification.seg_weight, "
+            f"schedule.num_epochs, ...), the validation (validation.*), loss weights (classification.weight, "
+            f"classification.seg_weight, "
             f"losses[i].weight, teachers[i].weight) and the description may change; unset {PLAN_ENV} to continue "
             f"with the earlier plan, or start a new run without --c.")
     return [f"{f}: {json.dumps(_get(old, f))} -> {json.dumps(_get(new, f))}" for f in fields]
