@@ -293,7 +293,8 @@ def run_subsets(q, bench: Benchmark, b: Dict[str, Any]) -> Dict[str, Any]:
         if not os.path.isfile(os.path.join(out, "done")) or \
                 os.path.getmtime(os.path.join(out, "done")) < os.path.getmtime(rec["predictions"]):
             q.ws.run(nnkd_cmd("predict", "-i", rec["test_images"], "-o", out, "-m", rec["model_folder"], "-f", "0",
-                              "-device", q.ws.device, "--all-subsets"), log=out + ".log", label=label)
+                              "-device", q.ws.device, "--all-subsets", "--disable_tta"),  # as every benchmark model
+                     log=out + ".log", label=label)
             write_text(os.path.join(out, "done"), "")
         csvs = sorted(os.path.join(out, d, "classification.csv") for d in os.listdir(out)
                       if os.path.isfile(os.path.join(out, d, "classification.csv")))
