@@ -51,17 +51,9 @@ def pooled_auc(preds: Sequence, labels: Dict[str, str], class_names: Sequence[st
     from nnkd.evaluation.bootstrap import percentile_ci, seeds_and_cases
     from nnkd.evaluation.classification import ovr_auc
     from nnkd.evaluation.jsonable import jsonable
-    from nnkd.evaluation.predictions import align
+    from nnkd.evaluation.predictions import align_all
 
-    arrays, ids, y = [], None, None
-    for p in preds:
-        ids_p, probs, y_p = align(p, labels, class_names)
-        if ids is not None and set(ids_p) != set(ids):
-            raise NNKDError(f"{p.source} does not predict the same cases as {preds[0].source}")
-        ids = ids if ids is not None else ids_p
-        order = {c: i for i, c in enumerate(ids_p)}
-        arrays.append(probs[[order[c] for c in ids]])
-        y = y_p[[order[c] for c in ids]]
+    arrays, y = align_all(preds, labels, class_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_seed = [float(np.nanmean(ovr_auc(pa, y))) for pa in arrays]

@@ -13,7 +13,7 @@ from nnkd.evaluation.bootstrap import bootstrap, percentile_ci, seeds_and_cases
 from nnkd.evaluation.classification import ovr_auc, scored_classes
 from nnkd.evaluation.delong import delong_test
 from nnkd.evaluation.jsonable import jsonable
-from nnkd.evaluation.predictions import Predictions, align
+from nnkd.evaluation.predictions import Predictions, align, align_all
 
 
 def compare_arrays(probs_a: np.ndarray, probs_b: np.ndarray, y: np.ndarray, class_names: Sequence[str], *,
@@ -88,18 +88,8 @@ def compare_over_seeds(pairs: Sequence[tuple], labels: Mapping[str, str], class_
     differences; the interval resamples the cases (stratified, the same for every seed) and the seeds
     (:func:`nnkd.evaluation.bootstrap.seeds_and_cases`)."""
     class_names = list(pairs[0][0].class_names if class_names is None else class_names)
-    arrays, ids, y = [], None, None
-    for a, b in pairs:
-        ids_a, probs_a, y_a = align(a, labels, class_names)
-        ids_b, probs_b, _ = align(b, labels, class_names)
-        if set(ids_a) != set(ids_b) or (ids is not None and set(ids_a) != set(ids)):
-            raise NNKDError(f"{a.source} and {b.source} must predict the same cases as every other seed")
-        order = {c: i for i, c in enumerate(ids_a)}
-        ids = ids if ids is not None else ids_a
-        take = [order[c] for c in ids]
-        row_b = {c: i for i, c in enumerate(ids_b)}
-        arrays.append((probs_a[take], probs_b[[row_b[c] for c in ids]]))
-        y = y_a[take]
+    probs, y = align_all([p for pair in pairs for p in pair], labels, class_names)
+    arrays = list(zip(probs[0::2], probs[1::2]))
 
     def statistic(pa, pb):
         return lambda idx: np.nanmean(ovr_auc(pa, y, idx) - ovr_auc(pb, y, idx), axis=1)

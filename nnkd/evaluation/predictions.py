@@ -178,6 +178,24 @@ def align(pred: Predictions, labels: Mapping[str, str], class_names: Sequence[st
     return case_ids, pred.probs[np.ix_(keep, order)], y
 
 
+def align_all(preds: Sequence[Predictions], labels: Mapping[str, str],
+              class_names: Sequence[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    """:func:`align` for several prediction sets of the same cases (e.g. one per training seed): their
+    (N, K) probabilities, rows in the first set's case order, and y (N,). Raises NNKDError naming the
+    first set that covers other cases."""
+    ids, arrays, y = None, [], None
+    for p in preds:
+        ids_p, probs, y_p = align(p, labels, class_names)
+        if ids is not None and set(ids_p) != set(ids):
+            raise NNKDError(f"{p.source} does not predict the same cases as {preds[0].source}")
+        ids = ids if ids is not None else ids_p
+        row = {c: i for i, c in enumerate(ids_p)}
+        take = [row[c] for c in ids]
+        arrays.append(probs[take])
+        y = y_p[take]
+    return arrays, y
+
+
 def _preview(items: Sequence[str], limit: int = 10) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
