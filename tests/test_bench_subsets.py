@@ -101,6 +101,10 @@ def test_subsets_table_markdown_and_report(tmp_path):
                                                    "teacher_nodrop: CT", "nokd: CT"]
     refused = view["levels"][3]
     assert refused["auc"] is None and refused["refused"] == "it was trained without modality_dropout"
+    from nnkd.evaluation.plots import plot_levels
+    # the figure names the CI it shows: this one resamples seeds too, a single model's a stratified bootstrap
+    assert "cases and seeds" in plot_levels(view, "channels").axes[0].get_title()
+    assert "stratified" in plot_levels({k: v for k, v in view.items() if k != "ci"}).axes[0].get_title()
     paths = write_subsets_report(str(tmp_path), view)
     assert all((tmp_path / n).is_file() for n in ("subsets.json", "subsets.csv", "subsets.png"))
     assert len(paths) == 3

@@ -144,7 +144,8 @@ def levels_view(table: Dict[str, Any]) -> Dict[str, Any]:
                            "auc_ci_high": None if refused else c["ci95"][1], "accuracy": None,
                            "balanced_accuracy": None, "macro_f1": None, "ece": None, "brier": None,
                            "n_seeds": None if refused else c["n_seeds"], "refused": c.get("reason")})
-    return {"levels": levels, "note": "AUC: mean over seeds, 95 % CI resampling cases and seeds"}
+    return {"levels": levels, "note": "AUC: mean over seeds, 95 % CI resampling cases and seeds",
+            "ci": "bootstrap over cases and seeds"}
 
 
 def _ci_cell(value: Optional[float], ci: Sequence[Optional[float]], signed: bool = False) -> str:

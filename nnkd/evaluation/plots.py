@@ -127,7 +127,8 @@ def plot_calibration(result: dict) -> Figure:
 
 def plot_levels(table: dict, level: str = "level") -> Figure:
     """AUC with 95 % CI error bars per level (per-class AUCs as small markers when there are several).
-    ``level``: what a level is (axis label and title, e.g. ``channels``)."""
+    ``level``: what a level is (axis label and title, e.g. ``channels``); ``table["ci"]``, when present, says
+    how the CIs were made (default: a stratified bootstrap over cases)."""
     rows = table["levels"]
     x = np.arange(len(rows))
     auc = np.array([np.nan if r["auc"] is None else r["auc"] for r in rows], dtype=float)
@@ -146,7 +147,7 @@ def plot_levels(table: dict, level: str = "level") -> Figure:
                   ha="right" if max(len(r["level"]) for r in rows) > 8 else "center")
     floor = np.nanmin(np.concatenate([low, auc])) if np.isfinite(auc).any() else 0.5
     ax.set(xlim=(-0.4, len(rows) - 0.4), ylim=(max(0.0, min(0.5, floor - 0.05)), 1.0), ylabel="AUC", xlabel=level,
-           title=f"AUC per {level} (stratified bootstrap 95% CI)")
+           title=f"AUC per {level} ({table.get('ci', 'stratified bootstrap')} 95% CI)")
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower left")
