@@ -248,7 +248,7 @@ def test_unpaired2d_class_colour_clear_in_nbi_faint_but_real_in_wli():
             assert 0.5 * m.class_colour - 1e-3 <= np.linalg.norm(truth["colour_shift"]) <= m.class_colour + 1e-3
         auc[m.name] = _cv_macro_auc(np.asarray(x), np.asarray(y))
     assert auc["NBI"] > 0.97
-    assert 0.7 < auc["WLI"] < 0.9  # measured 0.81 on 150 cases: the white-light student's documented oracle
+    assert 0.7 < auc["WLI"] < 0.9  # measured 0.83 on 150 cases: the white-light student's documented oracle
 
 
 def _disc_contrast(grey: np.ndarray, centre, radius: float) -> float:
