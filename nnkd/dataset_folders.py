@@ -60,16 +60,21 @@ def dataset_folder(dataset: str | int, kind: str = RAW, where: str = "") -> str:
     return folder
 
 
+def load_json(path: str) -> dict:
+    """A JSON file's content; NNKDError naming the file when it is missing or invalid."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise NNKDError(f"cannot read {path}: {e}") from None
+
+
 def load_dataset_json(folder: str) -> dict:
     """A dataset folder's dataset.json; NNKDError naming the file when it is missing or invalid."""
     path = os.path.join(folder, "dataset.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise NNKDError(f"{path}: not found (is {os.path.basename(folder)} an nnU-Net dataset?)") from None
-    except (OSError, ValueError) as e:
-        raise NNKDError(f"cannot read {path}: {e}") from None
+    if not os.path.isfile(path):
+        raise NNKDError(f"{path}: not found (is {os.path.basename(folder)} an nnU-Net dataset?)")
+    doc = load_json(path)
     if not isinstance(doc, dict):
         raise NNKDError(f"{path}: must hold a JSON object")
     return doc

@@ -24,7 +24,7 @@ import unicodedata
 from collections import Counter
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from nnkd.dataset_folders import PREPROCESSED, RAW, dataset_folder, root, training_case_ids
+from nnkd.dataset_folders import PREPROCESSED, RAW, dataset_folder, load_json, root, training_case_ids
 from nnkd.dataset_folders import dataset_name as find_dataset
 from nnkd.errors import NNKDError
 
@@ -65,15 +65,6 @@ def dataset_json_paths(dataset_name: str) -> list[str]:
     if pre_root is not None and os.path.isfile(os.path.join(pre_root, dataset_name, "dataset.json")):
         paths.append(os.path.join(pre_root, dataset_name, "dataset.json"))
     return paths
-
-
-def load_json(path: str) -> dict:
-    """A JSON file's content; NNKDError naming the file when it is missing or invalid."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise NNKDError(f"cannot read {path}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnkd.data.class_matched import ClassMatchedSampler, check_teacher_classes
-from nnkd.dataset_folders import PREPROCESSED, dataset_folder
+from nnkd.dataset_folders import PREPROCESSED, dataset_folder, load_json
 from nnkd.errors import NNKDError
 from nnkd.labels import case_labels
 
