@@ -57,6 +57,10 @@ DEFAULTS: Dict[str, Any] = {
     "teachers": [],
     "losses": [],
     "schedule": {},
+    # the distillation losses' own parameters (embeddings, prototype queries, attention): "sgd" puts them in
+    # the student's SGD (one more parameter group, same poly rate); "adamw" gives them their own AdamW
+    # at lr times the same poly factor (nnkd/trainers/loss_optimizer.py)
+    "loss_optimizer": {"name": "sgd", "lr": 1e-3, "weight_decay": 0.0},
     # the validation after training: nnU-Net's sliding-window segmentation of the validation cases (off: only
     # nnkd's classification pass runs) and test-time mirroring in both (off: one forward per window)
     "validation": {"segmentation": True, "mirroring": True},
@@ -73,6 +77,7 @@ SCHEDULE_KEYS = {"num_epochs", "num_iterations_per_epoch", "num_val_iterations_p
 SELECT_BEST = ("ema_dice", "auc")
 CBAM_MODES = ("centred_residual", "centred", "plain")  # nnkd.nets.cbam.MODES (kept here: no torch import)
 INIT_FROM_TEACHER = (False, True, "auto")
+LOSS_OPTIMIZERS = ("sgd", "adamw")
 
 
 class FieldError(NNKDError):
@@ -297,6 +302,17 @@ def validate_plan(raw: Dict[str, Any], source: str = "plan",
         for k in DEFAULTS["validation"]:
             with p.check():
                 _typed(plan["validation"].get(k), bool, f"validation.{k}", source)
+    with p.check():
+        _check_keys(plan["loss_optimizer"], DEFAULTS["loss_optimizer"], "loss_optimizer", source, p)
+        opt = plan["loss_optimizer"] = _merge(DEFAULTS["loss_optimizer"], plan["loss_optimizer"])
+        with p.check():
+            if opt["name"] not in LOSS_OPTIMIZERS:
+                _fail("loss_optimizer.name", f"must be one of {', '.join(map(json.dumps, LOSS_OPTIMIZERS))}", source)
+        for k in ("lr", "weight_decay"):
+            with p.check():
+                _typed(opt[k], (int, float), f"loss_optimizer.{k}", source)
+                if opt[k] < 0 or (k == "lr" and opt[k] == 0):
+                    _fail(f"loss_optimizer.{k}", "must be > 0" if k == "lr" else "must be >= 0", source)
     with p.check():
         _check_keys(plan["schedule"], SCHEDULE_KEYS, "schedule", source, p)
         for k, v in plan["schedule"].items():

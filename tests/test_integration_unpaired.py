@@ -47,9 +47,10 @@ def write_plan(ws, name, plan):
     return str(path)
 
 
-def train(ws, dataset, trainer, plan_path, workers=0):
+def train(ws, dataset, trainer, plan_path, *args, workers=0):
     env = dict(ws["env"], nnUNet_n_proc_DA=str(workers), NNKD_PLAN=plan_path)
-    return run_cli([tool("nnUNetv2_train"), str(dataset), "2d", "0", "-tr", trainer, "-device", "cpu"], env=env)
+    return run_cli([tool("nnUNetv2_train"), str(dataset), "2d", "0", "-tr", trainer, "-device", "cpu", *args],
+                   env=env)
 
 
 def model_folder(ws, dataset, trainer):
@@ -104,6 +105,17 @@ def test_pagkd_student_trains_predicts_and_evaluates(ws, nbi_teacher, tmp_path):
     assert values["kd/pagkd/pcls"] != 0.0 and values["kd/pagkd/den"] != 0.0, values
     ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), weights_only=False)
     assert ckpt["nnkd"]["teachers"][0]["sha256"] and "losses.pagkd.embed_t.weight" in ckpt["nnkd"]["loss_bank"]
+    # PaGKD's loss bank trains with its own AdamW (plan default), not as a group of the student's SGD
+    assert len(ckpt["optimizer_state"]["param_groups"]) == 1
+    steps = {int(v["step"]) for v in ckpt["nnkd"]["loss_optimizer"]["state"].values()}
+    assert steps == {SCHEDULE["num_iterations_per_epoch"]}, steps
+    # --c with one more epoch continues the loss bank's AdamW (its step count goes on)
+    longer = write_plan(ws, "pagkd", {"teachers": [nbi_teacher], "schedule": dict(SCHEDULE, num_epochs=2),
+                                      "losses": [{"name": "pagkd", "weight": 1.0, "params": {"warmup_epochs": 0}}]})
+    train(ws, POLYP, "nnKDTrainerPaGKD", longer, "--c", workers=1)
+    ckpt = torch.load(os.path.join(folder, "fold_0", "checkpoint_final.pth"), weights_only=False)
+    steps = {int(v["step"]) for v in ckpt["nnkd"]["loss_optimizer"]["state"].values()}
+    assert steps == {2 * SCHEDULE["num_iterations_per_epoch"]}, steps
     assert os.path.isfile(os.path.join(folder, "fold_0", "progress.png"))
 
     out = tmp_path / "pred"

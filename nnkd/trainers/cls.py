@@ -28,6 +28,8 @@ from nnkd.trainers.progress import ATTENTION_MEAN_KEY, CLS_PREFIX, KD_PREFIX, RM
 class nnKDTrainerCls(nnKDTrainer):
     """Segmentation + classification head (CBAM on the bottleneck); the network of every nnkd teacher and student."""
 
+    loss_optimizer = None  # the distillation losses' own optimizer, if any (nnkd.trainers.distill)
+
     build_network_architecture = staticmethod(build_network)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -161,7 +163,9 @@ class nnKDTrainerCls(nnKDTrainer):
 
     def train_step(self, batch: dict) -> dict:
         b = self.make_batch(batch)
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizers = [o for o in (self.optimizer, self.loss_optimizer) if o is not None]
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.forward_student(b)
             terms = self.compute_losses(out, b)
@@ -169,17 +173,20 @@ class nnKDTrainerCls(nnKDTrainer):
         result = {"loss": loss.detach().cpu().numpy()}
         result.update({f"term/{k}": v.detach().float().cpu().numpy() for k, v in terms.items()})
         self._check_finite(result)  # before backward: a non-finite loss never reaches the weights
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        # nnKDTrainer's step hooks refuse non-finite learning rates and gradients; each optimizer's
+        # parameters are clipped on their own (the loss bank's AdamW must not shrink the student's step)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.grad_scaler.step(self.optimizer)
+            for o in optimizers:
+                self.grad_scaler.unscale_(o)
+                torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 12)
+                self.grad_scaler.step(o)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 12)
-            self.optimizer.step()  # nnKDTrainer's step hooks refuse non-finite learning rates and gradients
+            for o in optimizers:
+                torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 12)
+                o.step()
         result.update(bottleneck_liveness(out))
         return result
 

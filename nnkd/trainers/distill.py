@@ -3,7 +3,8 @@
 Paired teachers read their own channels of the student's augmented patch; the student reads its
 own. Teachers run frozen, in eval mode, under ``no_grad`` (and nnU-Net's autocast on CUDA).
 Trainable parts of the losses (adapters, projections) live in one ``LossBank`` whose parameters
-join the optimizer and, under DDP, are wrapped in their own DDP so their gradients are averaged.
+join the optimizer (or get their own, plan field ``loss_optimizer``) and, under DDP, are wrapped
+in their own DDP so their gradients are averaged.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from nnkd.nets.network import NNKDNetwork
 from nnkd.nets.outputs import NetOutputs
 from nnkd.teachers import Teacher, load_teachers
 from nnkd.trainers.cls import nnKDTrainerCls
+from nnkd.trainers.loss_optimizer import build_loss_optimizer, follow_schedule
 
 
 class LossBank(nn.Module):
@@ -167,7 +169,11 @@ class nnKDTrainerDistill(nnKDTrainerCls):
             weights[name] = float(spec["weight"])
         self.loss_bank = LossBank(losses, weights).to(self.device)
         params = [p for p in self.loss_bank.parameters() if p.requires_grad]
-        if params:
+        self.loss_optimizer = build_loss_optimizer(params, plan["loss_optimizer"]) if params else None
+        if self.loss_optimizer is not None:
+            self.loss_optimizer.register_step_pre_hook(self._check_step_inputs)
+            self.loss_optimizer.register_step_post_hook(self._check_step_result)
+        elif params:
             self.optimizer.add_param_group({"params": params})
         self.loss_bank_call = DDP(self.loss_bank, device_ids=[self.local_rank]) if self.is_ddp and params \
             else self.loss_bank
@@ -250,9 +256,17 @@ class nnKDTrainerDistill(nnKDTrainerCls):
         b = {"teacher_class_target": [b["class_target"]] * n, "teacher_seg_target": [b["seg_target"]] * n, **b}
         return self.loss_bank_call(out, teacher_out, b)
 
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()  # nnU-Net's poly schedule sets the student's rate
+        if self.loss_optimizer is not None:
+            follow_schedule(self.loss_optimizer, self.kd_plan["loss_optimizer"]["lr"],
+                            self.optimizer.param_groups[0]["lr"], self.initial_lr)
+
     def nnkd_checkpoint_entry(self) -> Dict[str, Any]:
         entry = super().nnkd_checkpoint_entry()
         entry["loss_bank"] = self.loss_bank.state_dict()
+        if self.loss_optimizer is not None:
+            entry["loss_optimizer"] = self.loss_optimizer.state_dict()
         entry["teachers"] = [{k: t.meta.get(k) for k in ("model_folder", "fold", "checkpoint", "sha256")}
                              | {"name": t.name} for t in self.teachers]
         return entry
@@ -261,6 +275,8 @@ class nnKDTrainerDistill(nnKDTrainerCls):
         super().restore_nnkd_checkpoint_entry(entry)
         if "loss_bank" in entry:
             self.loss_bank.load_state_dict(entry["loss_bank"])
+        if self.loss_optimizer is not None and "loss_optimizer" in entry:
+            self.loss_optimizer.load_state_dict(entry["loss_optimizer"])
         for old, t in zip(entry.get("teachers", []), self.teachers):
             if old.get("sha256") != t.meta.get("sha256"):
                 self.print_to_log_file(f"WARNING: teacher '{t.name}' checkpoint changed since this run started "

@@ -97,6 +97,9 @@ class nnKDTrainerPaGKD(nnKDTrainerUnpaired):
     plan_defaults = {
         "name": "pagkd",
         "classification": {"select_best_by": "auc"},
+        # the prototype extractor starts from scratch; at the student's SGD rate it learnt nothing in a
+        # short schedule (nnkd/trainers/loss_optimizer.py)
+        "loss_optimizer": {"name": "adamw", "lr": 1e-3},
         "losses": [{"name": "pagkd", "weight": 1.0, "params": {**_GKD_COMMON, **_GKD_PRO, **_GKD_DEN}}],
     }
 
