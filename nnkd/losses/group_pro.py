@@ -62,12 +62,13 @@ def prototype_contrastive(p_s: Tensor, p_t: Tensor, similarity: str = "cos", tau
     return F.cross_entropy(logits, target, reduction="sum")
 
 
-def first_in_group(labels: Tensor, classes: Tensor, k: int) -> Tensor:
-    """``(B,)`` mask of the first ``k`` images (batch order) of each group in ``classes``.
+def first_in_group(labels: Tensor, classes: Tensor, k: Optional[int] = None) -> Tensor:
+    """``(B,)`` mask of the first ``k`` images (batch order) of each group in ``classes``; every
+    image of those groups for ``k=None``.
 
     Deterministic, so every DDP rank keeps the same images of the gathered batch."""
     member = labels[:, None] == classes[None, :]  # (B, G)
-    return (member & (member.long().cumsum(0) <= k)).any(1)
+    return (member if k is None else member & (member.long().cumsum(0) <= k)).any(1)
 
 
 class _QueryBlock(nn.Module):
@@ -178,15 +179,15 @@ class GroupPrototypeLoss(nn.Module):
         ``y_s``/``y_t`` are group ids (the class, for group-level KD); ``group_classes`` (default:
         ``classes``) is each group's class, the target of the prototype classification."""
         g = classes.numel()
-        if self.equal_groups:
-            k = int(torch.minimum(torch.bincount(y_s, minlength=int(classes.max()) + 1)[classes],
-                                  torch.bincount(y_t, minlength=int(classes.max()) + 1)[classes]).min())
-            keep_s, keep_t = first_in_group(y_s, classes, k), first_in_group(y_t, classes, k)
-            tok_s, y_s, tok_t, y_t = tok_s[keep_s], y_s[keep_s], tok_t[keep_t], y_t[keep_t]
-        if self.center_tokens:  # over the grouped images only: a skipped class has no effect at all
-            tok_s, tok_t = (t - t[(y[:, None] == classes[None]).any(1)].mean((0, 1))
-                            for t, y in ((tok_s, y_s), (tok_t, y_t)))
-        slots = max(int(torch.bincount(y_s)[classes].max()), int(torch.bincount(y_t)[classes].max()))
+        count_s, count_t = (torch.bincount(y, minlength=int(classes.max()) + 1)[classes] for y in (y_s, y_t))
+        # only the grouped images go on (a skipped class has no effect at all, centring included): with
+        # equal groups the first k of each group, k = the smallest group of either modality
+        k = int(torch.minimum(count_s, count_t).min()) if self.equal_groups else None
+        keep_s, keep_t = first_in_group(y_s, classes, k), first_in_group(y_t, classes, k)
+        tok_s, y_s, tok_t, y_t = tok_s[keep_s], y_s[keep_s], tok_t[keep_t], y_t[keep_t]
+        if self.center_tokens:
+            tok_s, tok_t = tok_s - tok_s.mean((0, 1)), tok_t - tok_t.mean((0, 1))
+        slots = k if self.equal_groups else int(torch.maximum(count_s, count_t).max())
         seq_s, pad_s = self.group_tokens(tok_s, y_s, classes, slots)
         seq_t, pad_t = self.group_tokens(tok_t, y_t, classes, slots)
         if seq_s.shape[1] != seq_t.shape[1]:  # different token counts per image: pad the shorter

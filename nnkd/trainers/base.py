@@ -162,11 +162,14 @@ class nnKDTrainer(nnUNetTrainer):
     # ----------------------------------------------------------------- non-finite values
     def configure_optimizers(self):
         optimizer, lr_scheduler = super().configure_optimizers()
-        # Checked around every optimizer step, whichever train_step runs it: a step with a non-finite
-        # learning rate or gradient is never applied (with AMP, GradScaler skips inf steps itself).
+        return self.guard_steps(optimizer), lr_scheduler
+
+    def guard_steps(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Check around every step of ``optimizer``, whichever train_step runs it: a step with a non-finite
+        learning rate or gradient is never applied (with AMP, GradScaler skips inf steps itself)."""
         optimizer.register_step_pre_hook(self._check_step_inputs)
         optimizer.register_step_post_hook(self._check_step_result)
-        return optimizer, lr_scheduler
+        return optimizer
 
     def _stop(self, what: str) -> NNKDError:
         on_disk = sorted(f for f in os.listdir(self.output_folder) if f.startswith("checkpoint_") and f.endswith(".pth")) \
@@ -189,13 +192,13 @@ class nnKDTrainer(nnUNetTrainer):
         if not np.all(np.isfinite(lrs)):
             raise self._stop(f"non-finite learning rate {lrs[0]} (schedule.initial_lr {self.initial_lr}); the "
                              f"optimizer step was not applied")
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in optimizer_params(optimizer) if p.grad is not None]
         # one fused norm per tensor (as clip_grad_norm_ computes them), one device sync
         if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
             raise self._stop("non-finite gradients; the optimizer step was not applied")
 
     def _check_step_result(self, optimizer, args, kwargs) -> None:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
+        params = optimizer_params(optimizer)
         if params and not bool(torch.isfinite(torch.stack(torch._foreach_norm(params))).all()):
             raise self._stop("the optimizer step made weights non-finite (overflow); they are not saved")
 
@@ -354,6 +357,11 @@ class nnKDTrainer(nnUNetTrainer):
         self.logger.local_logger.add_keys([DATA_WAIT_KEY, *self.extra_log_keys()])
         if entry is not None:
             self.restore_nnkd_checkpoint_entry(entry)
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> List[torch.nn.Parameter]:
+    """Every parameter of every group of ``optimizer``."""
+    return [p for g in optimizer.param_groups for p in g["params"]]
 
 
 def schedule_line(epochs: int, iterations: int, val_iterations: int, start_epoch: int, from_plan: bool,

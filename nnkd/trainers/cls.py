@@ -21,7 +21,7 @@ from nnkd.evaluation.classification import macro_auc
 from nnkd.inference import class_predictor, predict_classes
 from nnkd.labels import case_labels
 from nnkd.nets.network import build_network
-from nnkd.trainers.base import nnKDTrainer
+from nnkd.trainers.base import nnKDTrainer, optimizer_params
 from nnkd.trainers.progress import ATTENTION_MEAN_KEY, CLS_PREFIX, KD_PREFIX, RMS_RATIO_KEY
 
 
@@ -179,13 +179,13 @@ class nnKDTrainerCls(nnKDTrainer):
             self.grad_scaler.scale(loss).backward()
             for o in optimizers:
                 self.grad_scaler.unscale_(o)
-                torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 12)
+                torch.nn.utils.clip_grad_norm_(optimizer_params(o), 12)
                 self.grad_scaler.step(o)
             self.grad_scaler.update()
         else:
             loss.backward()
             for o in optimizers:
-                torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], 12)
+                torch.nn.utils.clip_grad_norm_(optimizer_params(o), 12)
                 o.step()
         result.update(bottleneck_liveness(out))
         return result

@@ -169,11 +169,9 @@ class nnKDTrainerDistill(nnKDTrainerCls):
             weights[name] = float(spec["weight"])
         self.loss_bank = LossBank(losses, weights).to(self.device)
         params = [p for p in self.loss_bank.parameters() if p.requires_grad]
-        self.loss_optimizer = build_loss_optimizer(params, plan["loss_optimizer"]) if params else None
-        if self.loss_optimizer is not None:
-            self.loss_optimizer.register_step_pre_hook(self._check_step_inputs)
-            self.loss_optimizer.register_step_post_hook(self._check_step_result)
-        elif params:
+        loss_optimizer = build_loss_optimizer(params, plan["loss_optimizer"]) if params else None
+        self.loss_optimizer = None if loss_optimizer is None else self.guard_steps(loss_optimizer)
+        if params and self.loss_optimizer is None:
             self.optimizer.add_param_group({"params": params})
         self.loss_bank_call = DDP(self.loss_bank, device_ids=[self.local_rank]) if self.is_ddp and params \
             else self.loss_bank
