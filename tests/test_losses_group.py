@@ -425,3 +425,62 @@ def test_every_parameter_gets_a_gradient_when_classes_are_shared(name, kw):
     out = loss(_outs(f_s, HEAD_S), [_outs(f_t, HEAD_T)], _batch(Y_S, Y_T))
     _total(out).backward()
     assert [n for n, p in loss.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def _two_stage_outs(shallow, deep, seed):
+    """NetOutputs of a network whose head pools both stages (as NNKDNetwork's ``extras`` give them)."""
+    from functools import partial
+
+    from nnkd.nets.head import ClassificationHead
+
+    torch.manual_seed(seed)
+    head = ClassificationHead([shallow.shape[1], deep.shape[1]], K, hidden=10, pool="avgmax")
+    stages = [shallow, deep]
+    return NetOutputs(None, None, stages, extras={"classify": head.classify_last_average(stages),
+                                                  "classify_stage": partial(head.classify_stage_average, stages)}), head
+
+
+@pytest.mark.parametrize("name", ["pagkd", "gkd_pro", "gkd_den"])
+def test_stage_option_distils_that_stage(name):
+    """``stage=0`` on [shallow, deep] is the default loss on a network whose deepest stage is the shallow map:
+    same value, gradient into the shallow map only, embeddings sized by the shallow widths."""
+    g = torch.Generator().manual_seed(3)
+    s0 = torch.randn(len(Y_S), 4, 6, 6, generator=g).requires_grad_(True)
+    s1 = torch.randn(len(Y_S), CS, 3, 3, generator=g).requires_grad_(True)
+    t0, t1 = torch.randn(len(Y_T), 3, 6, 6, generator=g), torch.randn(len(Y_T), CT, 3, 3, generator=g)
+    out_s, head_s = _two_stage_outs(s0, s1, 1)
+    out_t, head_t = _two_stage_outs(t0, t1, 2)
+    staged = _loss(name, seed=4, stage=0)
+    assert (staged.embed_s.in_features, staged.embed_t.in_features) == (4, 3)
+    got = staged(out_s, [out_t], _batch(Y_S, Y_T))
+    torch.manual_seed(4)
+    kw = {"embed_dim": D, "warmup_epochs": 0, **({} if name == "gkd_den" else {"num_heads": 4})}
+    ref_loss = build_loss(name, student_widths=[4], teacher_widths=[[3]], num_classes=K, **kw)
+    ref = ref_loss(NetOutputs(None, None, [s0], extras={"classify": head_s.classify_stage_average([s0, s1], 0)}),
+                   [NetOutputs(None, None, [t0], extras={"classify": head_t.classify_stage_average([t0, t1], 0)})],
+                   _batch(Y_S, Y_T))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k])
+    _total(got).backward()
+    assert s0.grad.abs().sum() > 0 and s1.grad is None
+
+
+def test_stage_errors_name_the_loss_and_stage():
+    with pytest.raises(NNKDError, match=r"loss 'pagkd': stage 2 does not exist"):
+        _loss("pagkd", stage=2)
+    with pytest.raises(ValueError, match="stage must be an integer"):
+        _loss("gkd_den", stage="last")
+    # Grad-CAM needs a head that pools the stage: the last-stage-only head cannot give stage 0's CAM
+    g = torch.Generator().manual_seed(0)
+    s0, s1 = torch.randn(len(Y_S), 4, 4, 4, generator=g), torch.randn(len(Y_S), CS, 2, 2, generator=g)
+    t0, t1 = torch.randn(len(Y_T), 3, 4, 4, generator=g), torch.randn(len(Y_T), CT, 2, 2, generator=g)
+    from functools import partial
+
+    from nnkd.nets.head import ClassificationHead
+    head = ClassificationHead(CS, K, hidden=10)
+    outs = NetOutputs(None, None, [s0, s1], extras={"classify_stage": partial(head.classify_stage_average, [s0, s1])})
+    with pytest.raises(NNKDError, match=r"Grad-CAM relation maps at stage 0 of the student network: stage 0: "
+                                        r"the head pools encoder stages 1\.\.1"):
+        _loss("gkd_den", stage=0)(outs, [_two_stage_outs(t0, t1, 2)[0]], _batch(Y_S, Y_T))
+    with pytest.raises(NNKDError, match="Grad-CAM relation maps at stage 0 of the student network"):  # in warm-up too
+        _loss("pagkd", stage=0, warmup_epochs=5)(outs, [_two_stage_outs(t0, t1, 2)[0]], _batch(Y_S, Y_T, epoch=0))

@@ -159,6 +159,32 @@ def test_head_pool_classify_forward(spatial):
     torch.testing.assert_close(head(x), head.classify(pooled))
 
 
+@pytest.mark.parametrize("pool", ["avg", "avgmax"])
+@pytest.mark.parametrize("spatial", [(8, 6), (4, 4, 3)])
+def test_classify_stage_average_is_the_head_as_a_function_of_one_stage(pool, spatial):
+    """Every pooled stage: ``f(avg of stage s)`` reproduces the logits, and its gradient is the head's gradient
+    through that stage's average (by autograd on the full head, avg pooling: exact); a stage the head does not
+    pool is refused."""
+    torch.manual_seed(0)
+    widths = [4, 6, 8]
+    stages = [torch.randn(2, c, *[max(1, n // 2 ** i) for n in spatial]) for i, c in enumerate(widths)]
+    head = ClassificationHead(widths[1:], NUM_CLASSES, hidden=16, pool=pool).eval()
+    for s in (1, 2, -1, -2):
+        f = head.classify_stage_average(stages, s)
+        avg = stages[s].flatten(2).mean(-1)
+        torch.testing.assert_close(f(avg), head(stages))
+        if pool == "avg":
+            leaf = [t.clone().requires_grad_(True) for t in stages]
+            head(leaf)[:, 1].sum().backward()
+            a = avg.clone().requires_grad_(True)
+            f(a)[:, 1].sum().backward()
+            n = stages[s][0, 0].numel()
+            torch.testing.assert_close(a.grad / n, leaf[s].grad.flatten(2).mean(-1))
+    for bad in (0, -3, 3):
+        with pytest.raises(ValueError, match=r"head pools encoder stages 1\.\.2"):
+            head.classify_stage_average(stages, bad)
+
+
 # --------------------------------------------------------------------------------------------- network
 
 ARCHS = [(dims, arch) for dims in (2, 3) for arch in ("PlainConvUNet", "ResidualEncoderUNet")]

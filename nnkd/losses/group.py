@@ -1,9 +1,9 @@
 """PaGKD group-level distillation on unpaired batches: ``pagkd``, and ``gkd_pro`` / ``gkd_den``.
 
 ``teachers[0]`` ran on its own batch with labels ``batch["teacher_class_target"][0]``; images are
-matched by class, never by index. Both last-stage maps are embedded by 1x1 convolutions (a
-per-token ``nn.Linear``, ndim-generic) to d = 128; the teacher-side embedding is frozen by
-default (see below), and the teacher's features themselves never receive gradients. Under
+matched by class, never by index. Both networks' maps of one encoder stage (the deepest by default,
+option ``stage``) are embedded by 1x1 convolutions (a per-token ``nn.Linear``, ndim-generic) to
+d = 128; the teacher-side embedding is frozen by default (see below), and the teacher's features themselves never receive gradients. Under
 torch.distributed the tokens, labels and relation labels are all-gathered (differentiably) so
 groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
 
@@ -30,8 +30,12 @@ frozen random orthogonal projection (``teacher_embedding="frozen"``): the teache
 the teacher's spatial structure, which the student tokens can only reconstruct by carrying it.
 ``teacher_embedding="trainable"`` (the paper) and ``embed_bias=True`` (the paper's code) are options.
 
+``stage`` (-1: the deepest, the paper's backbone output): the encoder stage both networks' tokens and
+relation maps come from, an index into ``features`` (negative counts from the deepest). Grad-CAM relation maps at a shallower
+stage need a head that pools it (``network.head_stages``).
+
 Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True), ``level``, ``embed_bias``
-(False), ``teacher_embedding`` ("frozen" | "trainable"); the options of
+(False), ``teacher_embedding`` ("frozen" | "trainable"), ``stage`` (-1); the options of
 :class:`~nnkd.losses.group_pro.GroupPrototypeLoss` and/or
 :class:`~nnkd.losses.group_dense.GroupDenseLoss`, passed flat (an unknown name is a TypeError
 listing the known ones).
@@ -49,7 +53,7 @@ from nnkd.distributed import all_gather_with_grad
 from nnkd.errors import NNKDError
 from nnkd.losses.group_dense import GroupDenseLoss
 from nnkd.losses.group_pro import GroupPrototypeLoss
-from nnkd.losses.registry import register_loss
+from nnkd.losses.registry import register_loss, widths_at
 from nnkd.nets.outputs import NetOutputs
 
 _COMPONENTS = {"pro": (GroupPrototypeLoss, ("pro", "pcls")), "den": (GroupDenseLoss, ("den",))}
@@ -77,23 +81,27 @@ class _GroupKD(nn.Module):
 
     def __init__(self, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]], num_classes: int,
                  embed_dim: int = 128, warmup_epochs: int = 5, gather: bool = True, level: str = "group",
-                 embed_bias: bool = False, teacher_embedding: str = "frozen", **options):
+                 embed_bias: bool = False, teacher_embedding: str = "frozen", stage: int = -1, **options):
         super().__init__()
         if level not in LEVELS:
             raise ValueError(f"loss {self.name!r}: level {level!r}; known: {', '.join(LEVELS)}")
         if teacher_embedding not in TEACHER_EMBEDDINGS:
             raise ValueError(f"loss {self.name!r}: teacher_embedding {teacher_embedding!r}; "
                              f"known: {', '.join(TEACHER_EMBEDDINGS)}")
+        if isinstance(stage, bool) or not isinstance(stage, int):
+            raise ValueError(f"loss {self.name!r}: stage must be an integer (an encoder stage index), got {stage!r}")
+        width_s, (width_t, *_) = widths_at(self.name, student_widths, teacher_widths[:1], stage)
+        self.stage = stage
         self.level = level
         known = set().union(*(_options_of(_COMPONENTS[p][0]) for p in self.parts))
         unknown = sorted(set(options) - known)
         if unknown:
             raise TypeError(f"loss {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                            f"known: embed_dim, warmup_epochs, gather, level, embed_bias, teacher_embedding, "
+                            f"known: embed_dim, warmup_epochs, gather, level, embed_bias, teacher_embedding, stage, "
                             f"{', '.join(sorted(known))}")
         self.num_classes, self.warmup_epochs, self.gather = num_classes, warmup_epochs, gather
-        self.embed_s = nn.Linear(student_widths[-1], embed_dim, bias=embed_bias)
-        self.embed_t = nn.Linear(teacher_widths[0][-1], embed_dim, bias=embed_bias)
+        self.embed_s = nn.Linear(width_s, embed_dim, bias=embed_bias)
+        self.embed_t = nn.Linear(width_t, embed_dim, bias=embed_bias)
         for embed in (self.embed_s, self.embed_t):  # norm-preserving start (the frozen one keeps it)
             nn.init.orthogonal_(embed.weight)
             if embed.bias is not None:
@@ -104,19 +112,29 @@ class _GroupKD(nn.Module):
         self.den = GroupDenseLoss(embed_dim, **den_opts) if "den" in self.parts else None
         self.terms = tuple(t for p in self.parts for t in _COMPONENTS[p][1])
 
+    def _cam_classifier(self, out: NetOutputs, side: str):
+        """The logits as a function of the distilled stage's global average (Grad-CAM), or a clear error."""
+        deepest = self.stage in (-1, len(out.features) - 1)
+        if "classify_stage" not in out.extras and not (deepest and "classify" in out.extras):
+            raise NNKDError(f"loss {self.name!r}: the {side} network's outputs have no extras['classify'] "
+                            "(needed for Grad-CAM relation maps); use relation_source='mask' or a network "
+                            "with a classification head")
+        try:
+            return out.extras["classify_stage"](self.stage) if "classify_stage" in out.extras else out.extras["classify"]
+        except ValueError as e:
+            raise NNKDError(f"loss {self.name!r}: Grad-CAM relation maps at stage {self.stage} of the {side} "
+                            f"network: {e}") from None
+
     def _relations(self, out: NetOutputs, feats: Tensor, labels: Tensor, seg, image, side: str) -> Tensor:
         src = self.den.relation_source
         if src == "mask" and seg is None:
             raise NNKDError(f"loss {self.name!r}: relation_source='mask' needs lesion masks in the batch "
                             f"({side} 'seg_target')")
-        if src == "cam" and "classify" not in out.extras:
-            raise NNKDError(f"loss {self.name!r}: the {side} network's outputs have no extras['classify'] "
-                            "(needed for Grad-CAM relation maps); use relation_source='mask' or a network "
-                            "with a classification head")
+        classify = self._cam_classifier(out, side) if src == "cam" else None
         if src == "cam" and self.den.refine_cam and image is None:
             raise NNKDError(f"loss {self.name!r}: refine_cam needs the {side} images in the batch "
                             f"({'data' if side == 'student' else 'teacher_data'})")
-        return self.den.relations(feats, out.extras.get("classify"), labels, seg, image)
+        return self.den.relations(feats, classify, labels, seg, image)
 
     def _zero(self, *tensors: Tensor) -> Tensor:
         """A zero depending on ``tensors`` and on every parameter (consistent graphs under DDP)."""
@@ -125,10 +143,12 @@ class _GroupKD(nn.Module):
     def forward(self, student: NetOutputs, teachers: Sequence[NetOutputs], batch: dict) -> Dict[str, Tensor]:
         if not teachers:
             raise NNKDError(f"loss {self.name!r} needs a teacher; the distillation plan lists none")
-        feats_s, feats_t = student.features[-1], teachers[0].features[-1].detach()
+        feats_s, feats_t = student.features[self.stage], teachers[0].features[self.stage].detach()
         y_s = batch["class_target"].long().view(-1)
         y_t = batch["teacher_class_target"][0].long().view(-1)
         if batch["epoch"] < self.warmup_epochs:
+            if self.den is not None and self.den.relation_source == "cam":  # refuse a bad stage at the first step
+                self._cam_classifier(student, "student"), self._cam_classifier(teachers[0], "teacher")
             zero = self._zero(feats_s)
             return {**{t: zero for t in self.terms}, "n_skipped_classes": zero.detach()}
 

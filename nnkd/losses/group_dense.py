@@ -76,7 +76,7 @@ class GroupDenseLoss(nn.Module):
     """Relation labels per modality + both-direction masked reconstruction (GKD-Den).
 
     Options (plan params of ``pagkd`` / ``gkd_den``):
-    relation_source ("cam": Grad-CAM of the true class on the last stage | "mask": lesion
+    relation_source ("cam": Grad-CAM of the true class on the distilled stage | "mask": lesion
     masks, nearest-downsampled), lesion_threshold (0.7), background_threshold (0.3),
     refine_cam (False: pixel-adaptive refinement of the CAMs, needs the images in the batch),
     refine_dilations ((1, 2, 4, 8)), refine_iterations (10), scale_logits (False: 1/sqrt(d)),
@@ -102,7 +102,7 @@ class GroupDenseLoss(nn.Module):
 
     def relations(self, features: Tensor, classify, target: Tensor, seg: Optional[Tensor],
                   image: Optional[Tensor]) -> Tensor:
-        """Relation labels ``(B, N)`` in {-1, 0, 1} of one modality's last-stage map ``(B, C, *s)``."""
+        """Relation labels ``(B, N)`` in {-1, 0, 1} of one modality's map of the distilled stage ``(B, C, *s)``."""
         if self.relation_source == "mask":
             return mask_relations(seg, features.shape[2:])
         cam = grad_cam(features, classify, target)

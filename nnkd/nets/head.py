@@ -149,20 +149,32 @@ class ClassificationHead(nn.Module):
         return self.classify(pooled)
 
     def classify_last_average(self, x: Union[Tensor, Sequence[Tensor]]):
-        """``f(pooled_last)``: the logits as a function of the deepest stage's global average, every other
-        pooled feature fixed at its value for ``x`` (detached). What Grad-CAM on the deepest stage needs:
+        """:meth:`classify_stage_average` of the deepest stage (what Grad-CAM on the bottleneck needs);
         for the one-stage average head it is :meth:`classify` itself."""
         if len(self.widths) == 1 and self.pool_mode == "avg":
             return self.classify
-        lo = sum(self.widths[:-1])
-        hi = lo + self.widths[-1]
+        return self.classify_stage_average(x, -1)
+
+    def classify_stage_average(self, x: Sequence[Tensor], stage: int):
+        """``f(pooled)``: the logits as a function of one stage's global average ``(B, C_stage)``, every other
+        pooled feature fixed at its value for ``x`` (detached). ``stage`` indexes the encoder's stage list ``x``
+        (negative from the deepest); it must be one the head pools (else ValueError: its gradient is zero)."""
+        stages = [x] if torch.is_tensor(x) else list(x)
+        index = stage % len(stages) if -len(stages) <= stage < len(stages) else None
+        first = len(stages) - len(self.widths)
+        if index is None or index < first:
+            raise ValueError(f"stage {stage}: the head pools encoder stages {first}..{len(stages) - 1} "
+                             f"of {len(stages)} (network.head_stages)")
+        pos = index - first
+        lo = sum(self.widths[:pos])
+        hi = lo + self.widths[pos]
         cache: List[Tensor] = []
 
-        def classify(pooled_last: Tensor) -> Tensor:
+        def classify(pooled_stage: Tensor) -> Tensor:
             if not cache:
                 with torch.no_grad():
-                    cache.append(self.pool(x).detach())
-            fixed = cache[0].to(pooled_last.dtype)
-            return self.classify(torch.cat([fixed[:, :lo], pooled_last, fixed[:, hi:]], 1))
+                    cache.append(self.pool(stages).detach())
+            fixed = cache[0].to(pooled_stage.dtype)
+            return self.classify(torch.cat([fixed[:, :lo], pooled_stage, fixed[:, hi:]], 1))
 
         return classify

@@ -6,6 +6,7 @@ trainers return it from there and ``nnUNetPredictor`` rebuilds the same module a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import List, Optional, Union
 
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -97,7 +98,8 @@ class NNKDNetwork(nn.Module):
     after CBAM), the CBAM map ``(B, 1, *bottleneck)`` (``None`` without CBAM),
     ``extras['pre_cbam']`` (the bottleneck before CBAM, for liveness statistics) and
     ``extras['classify']`` (the logits as a function of the bottleneck's global average ``(B, C)``, any
-    other pooled feature of the head fixed at this batch's values: what Grad-CAM needs). The head pools
+    other pooled feature of the head fixed at this batch's values: what Grad-CAM needs) and
+    ``extras['classify_stage'](stage)``, the same for any stage the head pools. The head pools
     the deepest ``head_stages`` stage outputs (see :mod:`nnkd.nets.head`). The flag (rather than a
     second method) lets a trainer call through the DDP wrapper so gradients are synchronised.
     """
@@ -141,7 +143,8 @@ class NNKDNetwork(nn.Module):
         if self.head is None:  # segmentation-only network: no class logits
             return NetOutputs(seg=seg, logits=None, features=skips, attention=attention, extras={"pre_cbam": pre_cbam})
         return NetOutputs(seg=seg, logits=self.head(skips), features=skips, attention=attention,
-                          extras={"classify": self.head.classify_last_average(skips), "pre_cbam": pre_cbam})
+                          extras={"classify": self.head.classify_last_average(skips), "pre_cbam": pre_cbam,
+                                  "classify_stage": partial(self.head.classify_stage_average, skips)})
 
     def classify_logits(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` for an input batch (inference convenience)."""

@@ -86,7 +86,7 @@ class nnKDTrainerUnpaired(nnKDTrainerDistill):
 
 
 #: GKD-Pro (group prototypes) and GKD-Den (relation-masked dense reconstruction) settings of the PaGKD paper
-_GKD_COMMON = {"warmup_epochs": 5, "embed_dim": 128, "level": "group"}
+_GKD_COMMON = {"warmup_epochs": 5, "embed_dim": 128, "level": "group", "stage": -3}
 _GKD_PRO = {"num_queries": 12, "num_heads": 16, "similarity": "cos", "tau": 1.0, "softmax_one": False, "w_pro": 0.1}
 _GKD_DEN = {"relation_source": "cam", "lesion_threshold": 0.7, "background_threshold": 0.3}
 
