@@ -119,13 +119,14 @@ TEACHER_KEYS = [f"tcase_{i:03d}" for i in range(BATCH)]
 NETWORK = {"head_hidden": 16, "head_dropout": 0.0}  # no dropout: float32 and autocast runs see the same head
 
 
-def _write_teacher(results: str, name: str, channels: list, seed: int) -> str:
-    """A trained-looking nnkd model folder (plans, dataset.json, fold_0/checkpoint_final.pth)."""
+def _write_teacher(results: str, name: str, channels: list, seed: int, **network) -> str:
+    """A trained-looking nnkd model folder (plans, dataset.json, fold_0/checkpoint_final.pth); ``network``:
+    settings beside ``NETWORK``."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     folder = os.path.join(results, TEACHER_DATASET, f"nnKDTrainerCls_{name}__nnUNetPlans__{CONFIGURATION}")
     plans = toy_plans(TEACHER_DATASET)
-    plans["nnkd"] = {"network": dict(NETWORK, num_classes=len(CLASSES)), "class_names": CLASSES,
+    plans["nnkd"] = {"network": dict(NETWORK, num_classes=len(CLASSES), **network), "class_names": CLASSES,
                      "input_channels": list(range(len(channels)))}
     config = plans["configurations"][CONFIGURATION]
     for key in ("normalization_schemes", "use_mask_for_norm"):
@@ -153,7 +154,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    """nnU-Net folders with the toy student dataset, two paired teachers (PET/CT, PET) and one unpaired (MR)."""
+    """nnU-Net folders with the toy student dataset, two paired teachers (PET/CT, PET) and one unpaired (MR; its
+    head pools every stage, as nnkd's default plan trains it: PaGKD's Grad-CAM reads a shallower stage)."""
     root = tmp_path_factory.mktemp("autocast")
     env = {k: str(root / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
     pre = os.path.join(env["nnUNet_preprocessed"], STUDENT_DATASET)
@@ -165,7 +167,7 @@ def workspace(tmp_path_factory):
                     "channels": ["CT", "PET"]},
                    {"name": "pet", "model_folder": _write_teacher(env["nnUNet_results"], "pet", ["PET"], 2),
                     "channels": ["PET"]}],
-        "unpaired": [{"name": "mr", "model_folder": _write_teacher(env["nnUNet_results"], "mr", ["MR"], 3),
+        "unpaired": [{"name": "mr", "model_folder": _write_teacher(env["nnUNet_results"], "mr", ["MR"], 3, head_stages="all"),
                       "paired": False, "dataset": TEACHER_DATASET}],
     }
     with pytest.MonkeyPatch.context() as mp:

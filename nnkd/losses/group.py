@@ -123,7 +123,9 @@ class _GroupKD(nn.Module):
             return out.extras["classify_stage"](self.stage) if "classify_stage" in out.extras else out.extras["classify"]
         except ValueError as e:
             raise NNKDError(f"loss {self.name!r}: Grad-CAM relation maps at stage {self.stage} of the {side} "
-                            f"network: {e}") from None
+                            f"network: {e}. Choose a stage both heads pool (params 'stage'; -1 is always pooled), "
+                            f"relation_source='mask', or a {side} trained with network.head_stages 'all' "
+                            f"(nnkd's default)") from None
 
     def _relations(self, out: NetOutputs, feats: Tensor, labels: Tensor, seg, image, side: str) -> Tensor:
         src = self.den.relation_source
