@@ -482,5 +482,7 @@ def test_stage_errors_name_the_loss_and_stage():
     with pytest.raises(NNKDError, match=r"Grad-CAM relation maps at stage 0 of the student network: stage 0: "
                                         r"the head pools encoder stages 1\.\.1"):
         _loss("gkd_den", stage=0)(outs, [_two_stage_outs(t0, t1, 2)[0]], _batch(Y_S, Y_T))
-    with pytest.raises(NNKDError, match="Grad-CAM relation maps at stage 0 of the student network"):  # in warm-up too
-        _loss("pagkd", stage=0, warmup_epochs=5)(outs, [_two_stage_outs(t0, t1, 2)[0]], _batch(Y_S, Y_T, epoch=0))
+    # in the warm-up too, both sides in one refusal
+    t_outs = NetOutputs(None, None, [t0, t1], extras={"classify_stage": partial(head.classify_stage_average, [t0, t1])})
+    with pytest.raises(NNKDError, match=r"(?s)stage 0 of the student network.*stage 0 of the teacher network"):
+        _loss("pagkd", stage=0, warmup_epochs=5)(outs, [t_outs], _batch(Y_S, Y_T, epoch=0))

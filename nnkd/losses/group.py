@@ -127,6 +127,17 @@ class _GroupKD(nn.Module):
                             f"relation_source='mask', or a {side} trained with network.head_stages 'all' "
                             f"(nnkd's default)") from None
 
+    def _check_cam(self, student: NetOutputs, teacher: NetOutputs) -> None:
+        """Both networks can give Grad-CAM maps at the distilled stage; one error lists both sides' problems."""
+        problems = []
+        for out, side in ((student, "student"), (teacher, "teacher")):
+            try:
+                self._cam_classifier(out, side)
+            except NNKDError as e:
+                problems.append(str(e))
+        if problems:
+            raise NNKDError("\n".join(problems))
+
     def _relations(self, out: NetOutputs, feats: Tensor, labels: Tensor, seg, image, side: str) -> Tensor:
         src = self.den.relation_source
         if src == "mask" and seg is None:
@@ -150,7 +161,7 @@ class _GroupKD(nn.Module):
         y_t = batch["teacher_class_target"][0].long().view(-1)
         if batch["epoch"] < self.warmup_epochs:
             if self.den is not None and self.den.relation_source == "cam":  # refuse a bad stage at the first step
-                self._cam_classifier(student, "student"), self._cam_classifier(teachers[0], "teacher")
+                self._check_cam(student, teachers[0])
             zero = self._zero(feats_s)
             return {**{t: zero for t in self.terms}, "n_skipped_classes": zero.detach()}
 
