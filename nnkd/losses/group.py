@@ -3,9 +3,9 @@
 ``teachers[0]`` ran on its own batch with labels ``batch["teacher_class_target"][0]``; images are
 matched by class, never by index. Both networks' maps of one encoder stage (the deepest by default,
 option ``stage``) are embedded by 1x1 convolutions (a per-token ``nn.Linear``, ndim-generic) to
-d = 128; the teacher-side embedding is frozen by default (see below), and the teacher's features themselves never receive gradients. Under
-torch.distributed the tokens, labels and relation labels are all-gathered (differentiably) so
-groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
+d = 128; the teacher-side embedding is frozen by default (see below), and the teacher's features
+themselves never receive gradients. Under torch.distributed the tokens, labels and relation labels
+are all-gathered (differentiably) so groups span the global batch; every rank then computes the same loss (see :mod:`nnkd.distributed`).
 
 Returned dict: the weighted terms ``pro``, ``pcls`` (both times ``w_pro``, default 0.1) and
 ``den`` (times ``w_den``, default 1), plus counters. **Convention: keys starting with ``n_``
@@ -31,8 +31,8 @@ the teacher's spatial structure, which the student tokens can only reconstruct b
 ``teacher_embedding="trainable"`` (the paper) and ``embed_bias=True`` (the paper's code) are options.
 
 ``stage`` (-1: the deepest, the paper's backbone output): the encoder stage both networks' tokens and
-relation maps come from, an index into ``features`` (negative counts from the deepest). Grad-CAM relation maps at a shallower
-stage need a head that pools it (``network.head_stages``).
+relation maps come from, an index into ``features`` (negative counts from the deepest). Grad-CAM
+relation maps at a shallower stage need a head that pools it (``network.head_stages``).
 
 Options: ``embed_dim`` (128), ``warmup_epochs`` (5), ``gather`` (True), ``level``, ``embed_bias``
 (False), ``teacher_embedding`` ("frozen" | "trainable"), ``stage`` (-1); the options of
@@ -88,9 +88,7 @@ class _GroupKD(nn.Module):
         if teacher_embedding not in TEACHER_EMBEDDINGS:
             raise ValueError(f"loss {self.name!r}: teacher_embedding {teacher_embedding!r}; "
                              f"known: {', '.join(TEACHER_EMBEDDINGS)}")
-        if isinstance(stage, bool) or not isinstance(stage, int):
-            raise ValueError(f"loss {self.name!r}: stage must be an integer (an encoder stage index), got {stage!r}")
-        width_s, (width_t, *_) = widths_at(self.name, student_widths, teacher_widths[:1], stage)
+        width_s, (width_t,) = widths_at(self.name, student_widths, teacher_widths[:1], stage)
         self.stage = stage
         self.level = level
         known = set().union(*(_options_of(_COMPONENTS[p][0]) for p in self.parts))
@@ -114,13 +112,14 @@ class _GroupKD(nn.Module):
 
     def _cam_classifier(self, out: NetOutputs, side: str):
         """The logits as a function of the distilled stage's global average (Grad-CAM), or a clear error."""
-        deepest = self.stage in (-1, len(out.features) - 1)
-        if "classify_stage" not in out.extras and not (deepest and "classify" in out.extras):
+        if "classify_stage" not in out.extras:  # outputs with only the deepest stage's classifier
+            if "classify" in out.extras and self.stage in (-1, len(out.features) - 1):
+                return out.extras["classify"]
             raise NNKDError(f"loss {self.name!r}: the {side} network's outputs have no extras['classify'] "
                             "(needed for Grad-CAM relation maps); use relation_source='mask' or a network "
                             "with a classification head")
         try:
-            return out.extras["classify_stage"](self.stage) if "classify_stage" in out.extras else out.extras["classify"]
+            return out.extras["classify_stage"](self.stage)
         except ValueError as e:
             raise NNKDError(f"loss {self.name!r}: Grad-CAM relation maps at stage {self.stage} of the {side} "
                             f"network: {e}. Choose a stage both heads pool (params 'stage'; -1 is always pooled), "

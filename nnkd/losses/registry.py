@@ -16,6 +16,8 @@ register_loss = BUILTIN_LOSSES.register
 def widths_at(loss: str, student_widths: Sequence[int], teacher_widths: Sequence[Sequence[int]],
               stage: int) -> Tuple[int, List[int]]:
     """(student width, [teacher widths]) at encoder ``stage``; an error names the loss and the stage."""
+    if isinstance(stage, bool) or not isinstance(stage, int):
+        raise ValueError(f"loss '{loss}': stage must be an integer (an encoder stage index), got {stage!r}")
     try:
         return student_widths[stage], [tw[stage] for tw in teacher_widths]
     except IndexError:
